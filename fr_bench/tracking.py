@@ -1,0 +1,166 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Tracking never costs a result: if the store cannot be reached, the caller gets one warning and the
+scores are still printed and written. The default store is an embedded SQLite database under the
+workdir; ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` override it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+DEFAULT_EXPERIMENT = "frbench"
+
+WarnFn = Callable[[str], None]
+
+
+def default_tracking_uri(workdir: str | Path) -> str:
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(workdir: str | Path, uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(workdir)
+
+
+class RunLogger:
+    """Logging calls for one active run; every call is a no-op once tracking has failed."""
+
+    def __init__(self, tracker: "Tracker", run_id: str | None):
+        self._tracker = tracker
+        self.run_id = run_id
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None and self._tracker.enabled
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> None:
+        if not self.active:
+            return
+        try:
+            fn()
+        except Exception as err:  # tracking must never cost the results
+            self._tracker._fail(f"could not log {what}", err)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        flat = {k: _param_value(v) for k, v in _flatten(params).items()}
+        self._call("params", lambda: self._tracker.mlflow.log_params(flat))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        clean = {_metric_key(k): float(v) for k, v in metrics.items() if v is not None}
+        self._call("metrics", lambda: self._tracker.mlflow.log_metrics(clean, step=step))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._call("tags", lambda: self._tracker.mlflow.set_tags({k: str(v) for k, v in tags.items()}))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call(f"artifact {path}", lambda: self._tracker.mlflow.log_artifact(str(path), artifact_path))
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        def _log() -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / name
+                p.write_text(json.dumps(obj, indent=2))
+                self._tracker.mlflow.log_artifact(str(p))
+
+        self._call(f"artifact {name}", _log)
+
+    def log_figure(self, fig: Any, name: str) -> None:
+        self._call(f"figure {name}", lambda: self._tracker.mlflow.log_figure(fig, name))
+
+
+class Tracker:
+    """Opens MLflow runs in an experiment; ``enabled=False`` makes every call a no-op."""
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        uri: str | None = None,
+        enabled: bool = True,
+        experiment: str = DEFAULT_EXPERIMENT,
+        warn: WarnFn | None = None,
+    ):
+        self.workdir = Path(workdir)
+        self.uri = resolve_tracking_uri(workdir, uri)
+        self.enabled = enabled
+        self.experiment = experiment
+        self._warn = warn or (lambda msg: None)
+        self.mlflow: Any = None
+
+    def _fail(self, what: str, err: BaseException) -> None:
+        if self.enabled:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            self._warn(f"tracking disabled: {what} at {self.uri} ({first})")
+        self.enabled = False
+
+    def _connect(self) -> None:
+        # Fail fast on an unreachable server instead of mlflow's default minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(self.uri)
+        if self.uri.startswith("sqlite:///"):
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        client = mlflow.tracking.MlflowClient()
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
+                # keep artifacts beside the store, not in the caller's cwd
+                location = (self.workdir.resolve() / "mlartifacts").as_uri()
+            client.create_experiment(self.experiment, artifact_location=location)
+        mlflow.set_experiment(self.experiment)
+
+    @contextmanager
+    def start_run(self, name: str, tags: dict[str, Any] | None = None, nested: bool = False) -> Iterator[RunLogger]:
+        """Open a run (a child of the active one when ``nested``); yields a :class:`RunLogger`."""
+        if not self.enabled:
+            yield RunLogger(self, None)
+            return
+        run = None
+        try:
+            if self.mlflow is None:
+                self._connect()
+            run = self.mlflow.start_run(run_name=name, nested=nested, tags={k: str(v) for k, v in (tags or {}).items()})
+        except Exception as err:
+            self._fail("could not start a run", err)
+        logger = RunLogger(self, run.info.run_id if run is not None else None)
+        status = "FINISHED"
+        try:
+            yield logger
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            if run is not None:
+                try:
+                    self.mlflow.end_run(status=status)
+                except Exception as err:
+                    self._fail("could not close the run", err)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def _param_value(v: Any) -> str:
+    s = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return s[:6000]
+
+
+def _metric_key(k: str) -> str:
+    # MLflow metric names allow alphanumerics, _ - . / and space only
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in k)
