@@ -132,7 +132,8 @@ def eval_cmd(ctx: click.Context, config_path: Path | None, model: Path | None, d
     tracker = _make_tracker(ctx, cfg, tracking_uri, no_track, experiment)
     with tracker.start_run(f"eval {Path(model).name}", tags={"frbench.stage": "eval"}) as run:
         with progress_factory() as progress:
-            doc = run_eval(embedder, selection, flip=flip, batch_size=batch_size, progress=progress)
+            doc = run_eval(embedder, selection, flip=flip, batch_size=batch_size, progress=progress,
+                           workdir=Path(ctx.obj.get("workdir") or cfg.workdir))
         if output is not None:
             write_json_atomic(output, doc)
         _print_eval_table(doc)
@@ -176,7 +177,19 @@ def _print_eval_table(doc: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------- more commands
-# (each later stage adds its command below this line)
+# (each later stage adds its command at its own marker)
+
+# <<identities-align-commands>>
+
+# <<generate-commands>>
+
+# <<train-commands>>
+
+# <<metrics-commands>>
+
+# <<leaderboard-commands>>
+
+# <<run-commands>>
 
 
 def main() -> None:

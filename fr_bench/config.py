@@ -50,6 +50,9 @@ class EvalConfig(Section):
     output: Optional[Path] = None
 
 
+# <<section-models>> (later stages add their section classes above this line)
+
+
 class Config(Section):
     """A whole frbench config file."""
 
@@ -58,6 +61,7 @@ class Config(Section):
     runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
+    # <<section-fields>>
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

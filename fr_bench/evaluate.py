@@ -59,13 +59,14 @@ def run_eval(
     flip: bool = True,
     batch_size: int | None = None,
     progress: ProgressFactory | None = None,
+    workdir: Path | None = None,
     on_result: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every selected benchmark; returns the ``--output`` JSON document."""
     results: dict[str, Any] = {}
     for bench in selection.benchmarks:
         t0 = time.perf_counter()
-        res = bench.evaluate(embedder, flip=flip, batch_size=batch_size, progress=progress)
+        res = bench.evaluate(embedder, flip=flip, batch_size=batch_size, progress=progress, workdir=workdir)
         res["seconds"] = round(time.perf_counter() - t0, 3)
         results[bench.name] = res
         if on_result is not None:

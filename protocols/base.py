@@ -38,8 +38,13 @@ class Benchmark(ABC):
         flip: bool = True,
         batch_size: int | None = None,
         progress: ProgressFactory | None = None,
+        workdir: Path | None = None,
     ) -> dict[str, Any]:
-        """Score ``embedder``; returns the JSON-ready result block for this benchmark."""
+        """Score ``embedder``; returns the JSON-ready result block for this benchmark.
+
+        ``workdir`` is where the benchmark may keep caches and write plots (a result's
+        ``"artifacts"`` list names files the caller logs to MLflow).
+        """
 
     def headline(self, result: dict[str, Any]) -> dict[str, float]:
         """Flat ``name/metric`` values for tracking."""

@@ -81,7 +81,7 @@ class BinVerification(Benchmark):
     def files(self) -> list[Path]:
         return [self.data_dir / f"{self.name}.bin"]
 
-    def evaluate(self, embedder: Embedder, *, flip: bool = True, batch_size: int | None = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
+    def evaluate(self, embedder: Embedder, *, flip: bool = True, batch_size: int | None = None, progress: ProgressFactory | None = None, workdir: Path | None = None) -> dict[str, Any]:
         path = self.files()[0]
         decode_cb = (lambda total: progress(f"{self.name}: decode", total)) if progress else None
         pack = load_pack(path, progress=decode_cb)
