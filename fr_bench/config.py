@@ -50,6 +50,37 @@ class EvalConfig(Section):
     output: Optional[Path] = None
 
 
+class IdentitiesConfig(Section):
+    """``frbench identities``: identity contexts (unit 512-d vectors) for identity-conditioned generators."""
+
+    source: Literal["uniform", "pca", "embed", "file"] = "uniform"
+    n: Optional[int] = Field(None, ge=1)
+    max_similarity: Optional[float] = Field(0.3, gt=-1.0, le=1.0)  # null: no filter
+    seed: int = 0
+    max_candidates: Optional[int] = Field(None, ge=1)
+    reference_embeddings: Optional[Path] = None  # pca
+    pca_components: Optional[int] = Field(None, ge=1)  # pca
+    images: Optional[Path] = None  # embed
+    fr_model: Optional[Path] = None  # embed
+    file: Optional[Path] = None  # file
+    negatives: Optional[Literal["far", "mid", "rand"]] = None
+    pool_size: Optional[int] = Field(None, ge=2)
+    out: Optional[Path] = None
+
+
+class AlignConfig(Section):
+    """``frbench align``: detector → 5 landmarks → norm_crop 112×112, with a failure policy."""
+
+    input: Optional[Path] = None
+    detector: str = "none"  # none | path to an insightface detection ONNX
+    detector_kind: Literal["auto", "scrfd", "retinaface"] = "auto"
+    det_size: int = Field(640, ge=32)
+    det_thresh: float = Field(0.5, gt=0.0, lt=1.0)
+    pick: Literal["largest", "center", "score"] = "largest"
+    on_failure: Literal["skip", "resize", "drop-identity"] = "skip"
+    out: Optional[Path] = None
+
+
 # <<section-models>> (later stages add their section classes above this line)
 
 
@@ -61,6 +92,8 @@ class Config(Section):
     runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
+    identities: IdentitiesConfig = IdentitiesConfig()
+    align: AlignConfig = AlignConfig()
     # <<section-fields>>
 
 

@@ -101,8 +101,12 @@ class Tracker:
         # Fail fast on an unreachable server instead of mlflow's default minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        import logging
+
         import mlflow
 
+        for name in ("mlflow", "alembic"):  # schema-migration chatter on first use of a store
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.mlflow = mlflow
         mlflow.set_tracking_uri(self.uri)
         if self.uri.startswith("sqlite:///"):
@@ -164,3 +168,67 @@ def _param_value(v: Any) -> str:
 def _metric_key(k: str) -> str:
     # MLflow metric names allow alphanumerics, _ - . / and space only
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in k)
+
+
+# ------------------------------------------------------------------------------------------- queries
+# Read-only access for the leaderboard (fr_bench.leaderboard stays mlflow-free).
+
+
+def missing_store(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI when it does not exist yet (reading must not create it)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///"):])
+    return None if path.exists() else path
+
+
+def search_runs(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> list[dict[str, Any]]:
+    """Every active (not deleted) run of ``experiment`` at ``uri`` as plain dicts.
+
+    Each dict: ``run_id``, ``name``, ``status``, ``start_time``/``end_time`` (ms since the epoch),
+    ``params``, ``metrics`` (latest value per key), ``tags``. Raises ConfigError when the experiment
+    does not exist (naming the ones that do) and InputError when the store cannot be read.
+    """
+    from .errors import ConfigError, InputError
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from mlflow.entities import ViewType
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise ConfigError(f"{uri}: no MLflow experiment '{experiment}' (experiments there: {', '.join(names) or 'none'})")
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = client.search_runs([exp.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    except ConfigError:
+        raise
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise InputError(uri, f"cannot read the MLflow store ({first})") from None
+    return [
+        {
+            "run_id": r.info.run_id,
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "end_time": r.info.end_time,
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+        }
+        for r in runs
+    ]

@@ -33,6 +33,8 @@ _NUMPY_MODULES = {"numpy.core.multiarray", "numpy._core.multiarray", "numpy", "n
 def _allowed_global(module: str, name: str) -> Any:
     if module in _NUMPY_MODULES and name == "_reconstruct":
         return _reconstruct
+    if module in _NUMPY_MODULES and name == "_frombuffer":
+        return _safe_frombuffer
     if module in _NUMPY_MODULES and name == "scalar":
         return _safe_scalar
     if module == "numpy" and name == "ndarray":
@@ -59,6 +61,15 @@ def _safe_scalar(dtype: np.dtype, data: Any = None) -> Any:
         raise pickle.UnpicklingError("object scalars are not allowed")
     raw = data.encode("latin1") if isinstance(data, str) else bytes(data)
     return np.frombuffer(raw, dtype=dtype)[0]
+
+
+def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """numpy ≥ 1.16 pickles arrays (protocol 5) as ``_frombuffer(bytes, dtype, shape, order)``."""
+    dt = dtype if isinstance(dtype, np.dtype) else _safe_dtype(dtype)
+    if dt.hasobject:
+        raise pickle.UnpicklingError("object dtype is not allowed")
+    arr = np.frombuffer(bytes(buf), dtype=dt)
+    return arr.reshape(shape, order="F" if order in ("F", b"F") else "C")
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:

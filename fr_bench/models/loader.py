@@ -11,6 +11,7 @@ import torch
 from ..embed import Embedder
 from ..errors import InputError
 from .iresnet import LAYOUTS, infer_arch, iresnet
+from .irse import build_irse, is_irse_state_dict
 from .onnx_model import OnnxEmbedder
 from .torch_model import TorchEmbedder
 
@@ -98,7 +99,15 @@ def load_fr_model(
     if not path.is_file():
         raise InputError(path, "model file not found")
     if _looks_like_onnx(path):
-        return OnnxEmbedder(path, device=device, batch_size=batch_size)
+        try:
+            return OnnxEmbedder(path, device=device, batch_size=batch_size)
+        except InputError as err:
+            if path.suffix.lower() != ".onnx" and "not a readable ONNX model" in err.problem:
+                raise InputError(path, "not an ONNX model or a PyTorch state dict") from err
+            raise
     state = load_state_dict(path)
-    model, arch, dim = build_iresnet(path, state, arch)
+    if arch is None and is_irse_state_dict(state):  # IR-SE (AdaFace layout), e.g. frbench's arc2face recipe
+        model, arch, dim = build_irse(path, state)
+    else:
+        model, arch, dim = build_iresnet(path, state, arch)
     return TorchEmbedder(model, path, arch, dim, device=device, dtype=dtype, batch_size=batch_size)

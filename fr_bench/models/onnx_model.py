@@ -35,7 +35,8 @@ class OnnxEmbedder(Embedder):
             raise InputError(self.path, f"cannot load ONNX models: {err}") from err
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the router prints provider chatter
-                routed = model_zoo.get_model(str(self.path), providers=_providers(device))
+                # the router directly: no suffix rules, no model-pack lookup, never a download
+                routed = model_zoo.ModelRouter(str(self.path)).get_model(providers=_providers(device))
         except Exception as err:
             raise InputError(self.path, f"not a readable ONNX model ({type(err).__name__}: {_first_line(err)})") from err
         if routed is None or type(routed).__name__ != "ArcFaceONNX":
