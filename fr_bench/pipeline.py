@@ -1,0 +1,191 @@
+"""The stage graph behind ``frbench run``: plan, skip what is finished, resume what is not.
+
+Data flows one way — identities → generate → align → train → eval, and align → metrics. Each stage is
+a pure function of (its config section, the hashes of its inputs); its output directory is named by
+that hash and is finished once ``DONE.json`` exists. A config may enter the graph anywhere by naming
+an existing dataset folder or model file under ``inputs``; the stages that would have produced them
+are then not part of the run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .cache import RunLock, StageDir, path_digest, stable_hash
+from .errors import ConfigError, InputError
+
+ORDER = ("identities", "generate", "align", "train", "eval", "metrics")
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: its config, where to write, and its inputs' output folders."""
+
+    cfg: Any
+    section: Any
+    out_dir: Path
+    inputs: dict[str, Path]
+    workdir: Path
+    progress: Any = None
+    log: Any = None  # a tracking RunLogger for this stage's child run
+    warn: Callable[[str], None] = lambda msg: None
+
+
+@dataclass
+class Stage:
+    """A node of the graph. ``run`` returns a JSON-ready summary (metrics under ``"metrics"``)."""
+
+    name: str
+    deps: tuple[str, ...]
+    run: Callable[[StageContext], dict[str, Any]]
+    #: stages used when they are part of the run (e.g. metrics uses the trained model if there is one)
+    optional: tuple[str, ...] = ()
+    describe: Callable[[Any], str] = lambda cfg: ""
+
+
+@dataclass
+class PlannedStage:
+    stage: Stage
+    hash: str
+    dir: StageDir
+    status: str  # cached | resume | run | external
+    detail: str = ""
+
+
+@dataclass
+class Plan:
+    run_dir: Path
+    stages: list[PlannedStage] = field(default_factory=list)
+    external: dict[str, Path] = field(default_factory=dict)
+
+    def hashes(self) -> dict[str, str]:
+        return {p.stage.name: p.hash[:12] for p in self.stages}
+
+
+def _section_dump(cfg: Any, name: str) -> Any:
+    section = getattr(cfg, name, None)
+    return section.model_dump(mode="json") if section is not None and hasattr(section, "model_dump") else section
+
+
+def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
+              start: str | None = None, until: str | None = None) -> Plan:
+    """Resolve which stages take part, their hashes and whether each is finished."""
+    for opt, value in (("--from", start), ("--until", until)):
+        if value is not None and value not in stages:
+            raise ConfigError(f"{opt}: unknown stage '{value}' (stages: {', '.join(ORDER)})")
+    inputs = getattr(cfg, "inputs", None)
+    external: dict[str, Path] = {}
+    for key, provides in (("dataset", "align"), ("model", "train")):
+        value = getattr(inputs, key, None) if inputs is not None else None
+        if value is not None:
+            p = Path(value)
+            if not p.exists():
+                raise InputError(p, f"inputs.{key} does not exist")
+            external[provides] = p
+    # A stage takes part if its section is in the config file (or something it feeds needs it),
+    # unless its output was supplied under ``inputs``.
+    given = getattr(cfg, "model_fields_set", set(ORDER))
+    superseded: set[str] = set()
+
+    def ancestors(name: str) -> None:
+        for dep in stages[name].deps if name in stages else ():
+            superseded.add(dep)
+            ancestors(dep)
+
+    for provided in external:
+        superseded.add(provided)
+        ancestors(provided)
+    wanted = [n for n in ORDER if n in stages and n in given and n not in superseded]
+    needed: list[str] = []
+
+    def need(name: str) -> None:
+        if name in needed or name in external:
+            return
+        for dep in stages[name].deps:
+            if dep not in external:
+                if dep not in stages:
+                    raise ConfigError(f"stage '{name}' needs '{dep}', which is neither configured nor supplied under inputs")
+                need(dep)
+        needed.append(name)
+
+    hi = ORDER.index(until) if until else len(ORDER) - 1
+    for name in wanted:
+        if ORDER.index(name) <= hi:
+            need(name)
+    for name in wanted:
+        for soft in stages[name].optional:
+            if soft in wanted and soft not in needed and soft not in external and ORDER.index(soft) <= hi:
+                need(soft)
+    needed = [n for n in ORDER if n in needed]
+    lo = ORDER.index(start) if start else 0
+    run_dir = workdir / "runs" / run_name
+    plan = Plan(run_dir=run_dir, external=external)
+    hashes: dict[str, str] = {k: "external:" + path_digest(v) for k, v in external.items()}
+    for name in needed:
+        stage = stages[name]
+        dep_hashes = {d: hashes[d] for d in (*stage.deps, *stage.optional) if d in hashes}
+        h = stable_hash({"stage": name, "config": _section_dump(cfg, name), "inputs": dep_hashes,
+                         "seed": getattr(cfg, "seed", None)})
+        hashes[name] = h
+        sdir = StageDir(run_dir / f"{name}-{h[:12]}")
+        if sdir.is_done():
+            status = "cached"
+        elif start is not None and ORDER.index(name) < lo:
+            raise InputError(sdir.path, f"--from {start} needs stage '{name}' finished first (no DONE.json)")
+        else:
+            status = "resume" if sdir.path.exists() and any(sdir.path.iterdir()) else "run"
+        plan.stages.append(PlannedStage(stage, h, sdir, status, stage.describe(cfg)))
+    return plan
+
+
+def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progress: Any = None,
+            warn: Callable[[str], None] = lambda m: None, on_stage: Callable[[PlannedStage, dict], None] | None = None,
+            run_tags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the plan under the run lock; one MLflow parent run, one child per stage."""
+    from contextlib import nullcontext
+
+    results: dict[str, Any] = {}
+    outputs: dict[str, Path] = dict(plan.external)
+    hashes = plan.hashes()
+    with RunLock(plan.run_dir):
+        parent_cm = tracker.start_run(f"run {plan.run_dir.name}", tags={
+            "frbench.stage": "run", "frbench.stage_hashes": ",".join(f"{k}:{v}" for k, v in hashes.items()),
+            **{f"frbench.hash.{k}": v for k, v in hashes.items()}, **(run_tags or {})}) if tracker else nullcontext(None)
+        with parent_cm as parent:
+            if parent is not None and getattr(parent, "active", False):
+                parent.log_dict(cfg.model_dump(mode="json"), "config.json")
+            for ps in plan.stages:
+                name = ps.stage.name
+                ins = {d: outputs[d] for d in (*ps.stage.deps, *ps.stage.optional) if d in outputs}
+                child_cm = tracker.start_run(name, tags={"frbench.stage": name, "frbench.hash": ps.hash[:12],
+                                                         "frbench.cached": ps.status == "cached"}, nested=True) if tracker else nullcontext(None)
+                with child_cm as child:
+                    if ps.status == "cached":
+                        summary = ps.dir.read_done()["summary"]
+                    else:
+                        ps.dir.path.mkdir(parents=True, exist_ok=True)
+                        ctx = StageContext(cfg=cfg, section=getattr(cfg, name, None), out_dir=ps.dir.path, inputs=ins,
+                                           workdir=workdir, progress=progress, log=child, warn=warn)
+                        t0 = time.perf_counter()
+                        summary = ps.stage.run(ctx)
+                        ps.dir.mark_done({"stage": name, "hash": ps.hash, "inputs": {k: str(v) for k, v in ins.items()},
+                                          "frbench_version": __version__, "seconds": round(time.perf_counter() - t0, 3),
+                                          "summary": summary})
+                    if child is not None and getattr(child, "active", False):
+                        child.log_metrics({k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))})
+                        child.log_params({k: v for k, v in summary.get("params", {}).items()})
+                        if ps.status != "cached":
+                            for art in summary.get("artifacts", []):
+                                child.log_artifact(art)
+                    if parent is not None and getattr(parent, "active", False):
+                        parent.log_metrics({k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))})
+                        parent.log_params({k: v for k, v in summary.get("params", {}).items()})
+                outputs[name] = ps.dir.path
+                results[name] = summary
+                if on_stage is not None:
+                    on_stage(ps, summary)
+    return results

@@ -1,0 +1,125 @@
+"""The stage graph: content-hashed stage dirs, skip when finished, resume, lock, partial entry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fr_bench.cache import RunLock, path_digest, stable_hash
+from typing import Optional
+
+from fr_bench.config import InputsConfig, Section, validate
+from fr_bench.errors import FrBenchError, InputError
+from fr_bench.pipeline import Stage, execute, make_plan
+
+
+def _stages(calls: list[str]) -> dict[str, Stage]:
+    def make(name: str):
+        def run(ctx):
+            calls.append(name)
+            (ctx.out_dir / "out.txt").write_text(f"{name}:{sorted(ctx.inputs)}")
+            return {"metrics": {f"{name}/value": 1.0}}
+
+        return run
+
+    deps = {"identities": (), "generate": ("identities",), "align": ("generate",), "train": ("align",), "eval": ("train",)}
+    return {n: Stage(n, d, make(n)) for n, d in deps.items()}
+
+
+class GraphConfig(Section):
+    """A stand-in for the real config: same graph-relevant fields, free-form stage sections."""
+
+    seed: int = 0
+    inputs: InputsConfig = InputsConfig()
+    identities: Optional[dict] = None
+    generate: Optional[dict] = None
+    align: Optional[dict] = None
+    train: Optional[dict] = None
+    eval: Optional[dict] = None
+
+
+@pytest.fixture()
+def cfg() -> GraphConfig:
+    data = {"identities": {"source": "uniform", "n": 4}, "generate": {}, "align": {}, "train": {}, "eval": {}}
+    return validate(data, GraphConfig)
+
+
+def test_stable_hash_ignores_key_order() -> None:
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_second_run_skips_every_finished_stage(tmp_path: Path, cfg) -> None:
+    calls: list[str] = []
+    stages = _stages(calls)
+    plan = make_plan(cfg, stages, tmp_path, "r")
+    assert [p.status for p in plan.stages] == ["run"] * 5
+    execute(plan, cfg, tmp_path)
+    assert calls == ["identities", "generate", "align", "train", "eval"]
+    again = make_plan(cfg, stages, tmp_path, "r")
+    assert [p.status for p in again.stages] == ["cached"] * 5
+    execute(again, cfg, tmp_path)
+    assert len(calls) == 5
+    done = json.loads((again.stages[0].dir.done_file).read_text())
+    assert done["summary"]["metrics"] == {"identities/value": 1.0}
+
+
+def test_changing_a_section_reruns_it_and_everything_downstream(tmp_path: Path, cfg) -> None:
+    stages = _stages([])
+    first = make_plan(cfg, stages, tmp_path, "r")
+    execute(first, cfg, tmp_path)
+    changed = cfg.model_copy(update={"seed": cfg.seed + 1})
+    second = make_plan(changed, stages, tmp_path, "r")
+    assert all(a.hash != b.hash for a, b in zip(first.stages, second.stages))
+
+
+def test_unfinished_stage_dir_is_resumed(tmp_path: Path, cfg) -> None:
+    stages = _stages([])
+    plan = make_plan(cfg, stages, tmp_path, "r")
+    plan.stages[0].dir.path.mkdir(parents=True)
+    (plan.stages[0].dir.path / "partial").write_text("x")
+    assert make_plan(cfg, stages, tmp_path, "r").stages[0].status == "resume"
+
+
+def test_external_dataset_replaces_upstream_stages(tmp_path: Path, cfg) -> None:
+    ds = tmp_path / "dataset"
+    (ds / "00000").mkdir(parents=True)
+    (ds / "00000" / "000.png").write_bytes(b"x")
+    c = cfg.model_copy(update={"inputs": cfg.inputs.model_copy(update={"dataset": ds})})
+    calls: list[str] = []
+    plan = make_plan(c, _stages(calls), tmp_path, "r")
+    assert [p.stage.name for p in plan.stages] == ["train", "eval"]
+    execute(plan, c, tmp_path)
+    assert calls == ["train", "eval"]
+
+
+def test_missing_external_input_is_named(tmp_path: Path, cfg) -> None:
+    c = cfg.model_copy(update={"inputs": cfg.inputs.model_copy(update={"model": tmp_path / "nope.pt"})})
+    with pytest.raises(InputError, match="nope.pt: inputs.model does not exist"):
+        make_plan(c, _stages([]), tmp_path, "r")
+
+
+def test_from_requires_upstream_finished(tmp_path: Path, cfg) -> None:
+    with pytest.raises(InputError, match="needs stage 'identities' finished first"):
+        make_plan(cfg, _stages([]), tmp_path, "r", start="train")
+
+
+def test_until_stops_early(tmp_path: Path, cfg) -> None:
+    plan = make_plan(cfg, _stages([]), tmp_path, "r", until="align")
+    assert [p.stage.name for p in plan.stages] == ["identities", "generate", "align"]
+
+
+def test_second_lock_on_the_same_run_is_refused(tmp_path: Path) -> None:
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(FrBenchError, match="another frbench run .* is using this run directory"):
+            with RunLock(tmp_path / "run"):
+                pass
+
+
+def test_path_digest_sees_added_files(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"1")
+    before = path_digest(tmp_path)
+    (tmp_path / "b.png").write_bytes(b"2")
+    assert path_digest(tmp_path) != before
