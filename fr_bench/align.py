@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,6 +166,8 @@ def norm_crop(img: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE) 
     """insightface's 5-point similarity warp onto the arcface template (standard 112×112 variant)."""
     from insightface.utils import face_align
 
+    # insightface calls skimage's deprecated ``SimilarityTransform.estimate``; the result is unchanged
+    warnings.filterwarnings("ignore", message=r".*`estimate` is deprecated", category=FutureWarning)
     return face_align.norm_crop(img, np.asarray(landmarks, np.float32).reshape(5, 2), image_size=size)
 
 
@@ -173,6 +176,7 @@ def norm_crop(img: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE) 
 class AlignSettings:
     """Everything that decides the output; a resumed run must use the same."""
 
+    input: str = ""
     detector: str = "none"
     detector_sha256: Optional[str] = None
     detector_kind: str = "auto"
@@ -276,9 +280,9 @@ def align_folder(
     if dst == src or src in dst.parents:
         raise ConfigError(f"--out {out_dir}: must not be the input folder or inside it")
     identities = list_identities(input_dir)
-    settings = AlignSettings(on_failure=on_failure, pick=pick)
+    settings = AlignSettings(input=str(src), on_failure=on_failure, pick=pick)
     if detector is not None:
-        settings = AlignSettings(detector=str(detector.path.resolve()), detector_sha256=sha256_file(detector.path),
+        settings = AlignSettings(input=str(src), detector=str(detector.path.resolve()), detector_sha256=sha256_file(detector.path),
                                  detector_kind=detector.kind, det_size=detector.det_size,
                                  det_thresh=float(detector.det_thresh), on_failure=on_failure, pick=pick)
     done = _load_done(out_dir, settings)

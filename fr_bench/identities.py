@@ -11,6 +11,7 @@ threshold, counts, per-identity negative index), both written atomically, the JS
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 import zipfile
@@ -62,8 +63,9 @@ def _numpy_safe_globals() -> list[Any]:
 
 def _torch_load_without_code(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with numeric numpy arrays allowed; pickled code is refused."""
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch ≥ 2.5; older ones refuse numpy arrays
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with allow(_numpy_safe_globals()) if allow is not None else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
@@ -184,30 +186,39 @@ class PcaSource(Source):
     name, finite = "pca", False
 
     def __init__(self, reference: str | Path, seed: int, components: Optional[int] = None, dim: int = CONTEXT_DIM):
-        from sklearn.decomposition import PCA
-
         self.reference, self.seed = Path(reference), seed
         ref, _ = load_embedding_file(self.reference, dim)
         if len(ref) < 2:
             raise InputError(self.reference, "needs at least 2 reference embeddings to fit a PCA")
         ref = normalize_rows(ref)
-        limit = min(len(ref), dim)
+        limit = min(len(ref) - 1, dim)
         if components is not None and components > limit:
             raise ConfigError(f"--pca-components {components}: at most {limit} for {len(ref)} reference embeddings")
-        self.pca = PCA(n_components=components or limit, svd_solver="full").fit(ref)
+        # eigen-decomposition of the D×D covariance: exact, and cheap for millions of rows
+        self.mean = ref.mean(axis=0)
+        cov = np.zeros((dim, dim))
+        for s in range(0, len(ref), 1 << 16):
+            c = ref[s : s + (1 << 16)] - self.mean
+            cov += c.T @ c
+        cov /= len(ref) - 1
+        evals, evecs = np.linalg.eigh(cov)
+        order = np.argsort(evals)[::-1][: components or limit]
+        self.variance = np.clip(evals[order], 0.0, None)
+        self.components = evecs[:, order].T
+        self.explained = float(self.variance.sum() / max(np.trace(cov), 1e-300))
         self.n_reference = len(ref)
 
     def blocks(self, rows: int) -> Iterator[np.ndarray]:
         rng = np.random.default_rng(self.seed)
-        scale = np.sqrt(self.pca.explained_variance_)
+        scale = np.sqrt(self.variance)
         while True:
             z = rng.standard_normal((rows, len(scale)))
-            yield (z * scale) @ self.pca.components_ + self.pca.mean_
+            yield (z * scale) @ self.components + self.mean
 
     def describe(self) -> dict[str, Any]:
         return {"reference_embeddings": str(self.reference), "reference_sha256": sha256_file(self.reference),
-                "reference_count": self.n_reference, "pca_components": int(self.pca.n_components_),
-                "explained_variance_ratio": float(self.pca.explained_variance_ratio_.sum())}
+                "reference_count": self.n_reference, "pca_components": len(self.variance),
+                "explained_variance_ratio": self.explained}
 
 
 class FileSource(Source):
