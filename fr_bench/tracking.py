@@ -108,7 +108,13 @@ class Tracker:
         for name in ("mlflow", "alembic"):  # schema-migration chatter on first use of a store
             logging.getLogger(name).setLevel(logging.WARNING)
         self.mlflow = mlflow
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
+        # mlflow exports the URI to the environment; keep ours from leaking into later Trackers
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         if self.uri.startswith("sqlite:///"):
             self.workdir.mkdir(parents=True, exist_ok=True)
         client = mlflow.tracking.MlflowClient()

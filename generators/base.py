@@ -31,6 +31,8 @@ class GeneratorAdapter(ABC):
     native_resolution: ClassVar[int]
     #: whether outputs must go through face alignment before FR training
     needs_alignment: ClassVar[bool]
+    #: whether ``generate`` needs ``negatives`` (one negative context per row); adapters may set it per instance
+    needs_negatives: bool = False
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "GeneratorAdapter":
@@ -47,6 +49,7 @@ class GeneratorAdapter(ABC):
 
 
 _REGISTRY: dict[str, type[GeneratorAdapter]] = {}
+_FROM_ENTRY_POINTS: dict[str, type[GeneratorAdapter]] = {}  # loaded lazily, kept apart from built-ins
 
 
 def register_generator(name: str):
@@ -81,9 +84,9 @@ def get_generator(name: str) -> type[GeneratorAdapter] | None:
     ep = _entry_point_adapters().get(name)
     if ep is None:
         return None
-    cls = ep.load()
-    _REGISTRY[name] = cls
-    return cls
+    if name not in _FROM_ENTRY_POINTS:
+        _FROM_ENTRY_POINTS[name] = ep.load()
+    return _FROM_ENTRY_POINTS[name]
 
 
 def _import_builtins() -> None:
@@ -95,7 +98,7 @@ def _import_builtins() -> None:
 
 
 #: modules under fr_bench.generators that define built-in adapters
-BUILTIN_MODULES: list[str] = []
+BUILTIN_MODULES: list[str] = ["idiff_face"]
 
 
 def sample_seed(run_seed: int, identity: int, sample: int) -> int:
