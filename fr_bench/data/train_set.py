@@ -5,8 +5,9 @@ Three forms are read:
 * an **image folder**: one sub-folder per identity (sorted names → class 0, 1, …), images inside
   (``.jpg .jpeg .png .bmp .webp .tif .tiff``, any case; other files are ignored);
 * an **frbench dataset manifest**: ``manifest.parquet`` (the path given, or inside the folder
-  given) with columns ``identity`` and ``path``; paths are relative to the manifest's folder and
-  must stay inside it;
+  given) with columns ``identity`` and ``path`` (``frbench generate`` and ``frbench align`` write
+  one); paths are relative to the manifest's folder and must stay inside it; rows without a path
+  (inputs alignment skipped) are ignored;
 * an insightface **RecordIO** pair ``train.rec`` / ``train.idx`` (the folder holding them or the
   ``.rec`` path); labels come from the record headers while the cache is built.
 
@@ -122,6 +123,8 @@ def _scan_manifest(manifest: Path) -> TrainSet:
     missing = [c for c in ("identity", "path") if c not in df.columns]
     if missing:
         raise InputError(manifest, f"manifest lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, df.columns))})")
+    # rows without a path are inputs that produced no image (e.g. `frbench align` skips); not images
+    df = df[df["path"].notna() & (df["path"].astype(str) != "")].reset_index(drop=True)
     root = manifest.parent.resolve()
     paths: list[str] = []
     for row, rel in enumerate(df["path"].astype(str)):

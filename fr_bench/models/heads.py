@@ -31,6 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _onehot(like: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # scatter, not F.one_hot: one_hot validates the labels on the host (a sync on CUDA)
+    return torch.zeros_like(like, dtype=torch.bool).scatter_(1, labels.view(-1, 1), True)
+
+
 class MarginHead(nn.Module):
     """Class centres + a margin on the target logit; ``forward(emb, labels) -> fp32 logits``."""
 
@@ -60,8 +65,7 @@ class MarginHead(nn.Module):
     @staticmethod
     def _replace_target(cos: torch.Tensor, labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``cos`` with each row's label column replaced by ``target`` (out of place, autograd-safe)."""
-        onehot = F.one_hot(labels, cos.shape[1]).to(torch.bool)
-        return torch.where(onehot, target.unsqueeze(1), cos)
+        return torch.where(_onehot(cos, labels), target.unsqueeze(1), cos)
 
     @staticmethod
     def _target(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -112,7 +116,7 @@ class ArcFace(CombinedMargin):
             return super().target_logit(t)
         with torch.no_grad():
             shifted = torch.cos(torch.acos(t) + self.m)
-        return t + (shifted - t)  # value cos(θ+m), gradient of t
+        return t + (shifted - t.detach())  # value cos(θ+m), gradient of t
 
 
 class AdaFace(MarginHead):
@@ -141,7 +145,7 @@ class AdaFace(MarginHead):
     def margin(self, cos: torch.Tensor, labels: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         cos = cos.clamp(-1 + self.eps, 1 - self.eps)
         g = self.margin_scaler(emb.norm(dim=1))
-        onehot = F.one_hot(labels, cos.shape[1]).to(cos.dtype)
+        onehot = _onehot(cos, labels).to(cos.dtype)
         theta = torch.acos(cos) + onehot * (-self.m * g).unsqueeze(1)
         out = torch.cos(theta.clamp(self.eps, math.pi - self.eps)) - onehot * (self.m + self.m * g).unsqueeze(1)
         return self.s * out
