@@ -98,7 +98,7 @@ def _import_builtins() -> None:
 
 
 #: modules under fr_bench.generators that define built-in adapters
-BUILTIN_MODULES: list[str] = ["idiff_face"]
+BUILTIN_MODULES: list[str] = ["idiff_face", "arc2face", "fused_attention"]
 
 
 def sample_seed(run_seed: int, identity: int, sample: int) -> int:
