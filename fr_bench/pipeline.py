@@ -107,8 +107,9 @@ def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
             return
         for dep in stages[name].deps:
             if dep not in external:
-                if dep not in stages:
-                    raise ConfigError(f"stage '{name}' needs '{dep}', which is neither configured nor supplied under inputs")
+                if dep not in stages or dep not in given:
+                    hint = {"align": " (or inputs.dataset)", "train": " (or inputs.model)"}.get(dep, "")
+                    raise ConfigError(f"stage '{name}' needs '{dep}': add a '{dep}:' section{hint} to the config")
                 need(dep)
         needed.append(name)
 

@@ -1,0 +1,180 @@
+"""The stages of ``frbench run``: each turns its config section and its inputs' folders into outputs.
+
+Every function here is a thin adapter over the module that does the work (the same functions the
+single-stage commands call), so ``frbench run`` and ``frbench <stage>`` compute the same thing.
+Outputs per stage directory: ``identities/`` → identities.npy + .json; ``generate/`` → dataset/;
+``align/`` → dataset/; ``train/`` → model.pt, model.onnx, train.json; ``eval/`` → eval.json;
+``metrics/`` → metrics.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InputError
+from .pipeline import Stage, StageContext
+
+
+def dataset_of(stage_out: Path) -> Path:
+    """The image folder a generate/align stage produced (or an external dataset given as is)."""
+    return stage_out / "dataset" if (stage_out / "dataset").is_dir() else stage_out
+
+
+def model_of(stage_out: Path) -> Path:
+    """The trained model a train stage produced (or an external model file given as is)."""
+    if stage_out.is_file():
+        return stage_out
+    for name in ("model.pt", "model.onnx"):
+        if (stage_out / name).is_file():
+            return stage_out / name
+    raise InputError(stage_out, "no model.pt or model.onnx in the train stage's output")
+
+
+# ---------------------------------------------------------------------------------- identities
+def run_identities(ctx: StageContext) -> dict[str, Any]:
+    from .identities import build_identities, make_source, write_identities
+
+    ic, rt = ctx.section, ctx.cfg.runtime
+    src = make_source(ic.source, seed=ic.seed, reference_embeddings=ic.reference_embeddings, pca_components=ic.pca_components,
+                      images=ic.images, fr_model=ic.fr_model, file=ic.file, device=rt.device, batch_size=rt.batch_size,
+                      workers=rt.workers, progress=ctx.progress)
+    ids = build_identities(src, ic.n, ic.max_similarity, negatives=ic.negatives, pool_size=ic.pool_size, device=rt.device,
+                           max_candidates=ic.max_candidates, progress=ctx.progress)
+    write_identities(ctx.out_dir, ids)
+    return {"params": {"identities": len(ids.embeddings), "identity_source": ic.source},
+            "metrics": {"identities/count": float(len(ids.embeddings))}}
+
+
+def describe_identities(cfg: Any) -> str:
+    ic = cfg.identities
+    return f"{ic.n} × 512 contexts ({ic.source}, max cos {ic.max_similarity})"
+
+
+# ------------------------------------------------------------------------------------- generate
+def run_generate(ctx: StageContext) -> dict[str, Any]:
+    from .generate import DTYPES, generation_device, load_identity_set, run_generation, settings_record
+    from .generators.base import available_generators, get_generator
+
+    gc, rt = ctx.section, ctx.cfg.runtime
+    if gc.generator is None:
+        raise ConfigError("generate.generator: name a generator (frbench adapters lists them)")
+    cls = get_generator(gc.generator)
+    if cls is None:
+        raise ConfigError(f"generate.generator: unknown generator {gc.generator!r}; registered: {', '.join(available_generators())}")
+    if gc.weights is None:
+        raise ConfigError("generate.weights: the generator's weights folder is required")
+    options = dict(gc.options)
+    if gc.steps:
+        options["steps"] = gc.steps
+    adapter = cls.from_config(options)
+    ids = load_identity_set(ctx.inputs["identities"], num=gc.num_identities, negatives=gc.negatives,
+                            need_negatives=bool(getattr(adapter, "needs_negatives", False)))
+    dev = generation_device(rt.device)
+    dtype_name = gc.dtype or rt.dtype
+    adapter.load(gc.weights, device=dev, dtype=DTYPES[dtype_name])
+    settings = settings_record(generator=gc.generator, adapter=adapter, weights=gc.weights, ids=ids,
+                               per_identity=gc.per_identity, seed=gc.seed, dtype=dtype_name, device=dev)
+    res = run_generation(adapter, ids, out=ctx.out_dir / "dataset", per_identity=gc.per_identity, seed=gc.seed,
+                         batch_size=gc.batch_size or 64, settings=settings, writers=gc.writers, progress=ctx.progress)
+    if not res.complete:
+        raise InputError(ctx.out_dir, "generation finished with images missing")
+    return {"params": {"generator": gc.generator, "identities": len(ids.vectors), "per_identity": gc.per_identity},
+            "metrics": {"generate/images_per_s": float(res.images_per_s), "generate/images": float(res.generated + res.skipped)}}
+
+
+def describe_generate(cfg: Any) -> str:
+    gc = cfg.generate
+    return f"{gc.generator}: {cfg.identities.n if 'identities' in cfg.model_fields_set else '?'} ids × {gc.per_identity} images"
+
+
+# ---------------------------------------------------------------------------------------- align
+def run_align(ctx: StageContext) -> dict[str, Any]:
+    from .align import align_folder, load_detector
+
+    ac = ctx.section
+    src = dataset_of(ctx.inputs["generate"])
+    det = None if ac.detector == "none" else load_detector(ac.detector, kind=ac.detector_kind, det_size=ac.det_size,
+                                                          det_thresh=ac.det_thresh, device=ctx.cfg.runtime.device)
+    summary = align_folder(src, ctx.out_dir / "dataset", det, on_failure=ac.on_failure, pick=ac.pick,
+                           workers=ctx.cfg.runtime.workers, progress=ctx.progress)
+    counts = summary.get("counts", {})
+    return {"metrics": {f"align/{k}": float(v) for k, v in counts.items() if isinstance(v, (int, float))},
+            "params": {"align_detector": ac.detector}}
+
+
+# ---------------------------------------------------------------------------------------- train
+def run_train(ctx: StageContext) -> dict[str, Any]:
+    from .recipes import load_recipe
+    from .train import TrainOptions, train
+
+    tc, rt = ctx.section, ctx.cfg.runtime
+    rec, rec_path = load_recipe(tc.recipe, [(tc.overrides, "train.overrides")])
+    opts = TrainOptions(
+        output=ctx.out_dir, cache_dir=Path(tc.cache_dir or ctx.workdir / "cache" / "train-images"),
+        device=tc.device or rt.device, dtype=tc.dtype, compile=tc.compile, channels_last=tc.channels_last,
+        seed=ctx.cfg.seed, deterministic=tc.deterministic, checkpoint_every=tc.checkpoint_every, log_every=tc.log_every,
+        workers=rt.workers, prefetch=tc.prefetch, strict_images=tc.strict_images, resume="auto",
+        monitor_dir=tc.monitor.data_dir, monitor_benchmarks=tc.monitor.benchmarks, monitor_every=tc.monitor.every_epochs,
+    )
+    summary = train(dataset_of(ctx.inputs["align"]), rec, opts, run=ctx.log if getattr(ctx.log, "active", False) else None,
+                    progress=ctx.progress, say=lambda m: None, warn=ctx.warn, recipe_path=rec_path)
+    keep = ("final_loss", "samples_per_s", "steps", "epochs_completed", "images", "identities")
+    metrics = {f"train/{k}": float(summary[k]) for k in keep if isinstance(summary.get(k), (int, float))}
+    return {"metrics": metrics, "params": {"recipe": rec.name}}
+
+
+def describe_train(cfg: Any) -> str:
+    return f"recipe {cfg.train.recipe}"
+
+
+# ----------------------------------------------------------------------------------------- eval
+def run_eval_stage(ctx: StageContext) -> dict[str, Any]:
+    from .evaluate import run_eval, select_benchmarks, tracking_metrics
+    from .io import write_json_atomic
+    from .models import load_fr_model
+
+    ev, rt = ctx.section, ctx.cfg.runtime
+    if ev.data_dir is None:
+        raise ConfigError("eval.data_dir: the folder of benchmark files is required for the eval stage")
+    model_path = model_of(ctx.inputs["train"])  # the trained model, or inputs.model
+    selection = select_benchmarks(ev.data_dir, ev.benchmarks)
+    embedder = load_fr_model(model_path, device=rt.device, dtype=rt.dtype, batch_size=rt.batch_size)
+    doc = run_eval(embedder, selection, flip=ev.flip, batch_size=rt.batch_size, progress=ctx.progress, workdir=ctx.workdir)
+    write_json_atomic(ctx.out_dir / "eval.json", doc)
+    arts = [ctx.out_dir / "eval.json"]
+    for res in doc["benchmarks"].values():
+        arts += [Path(a) for a in res.get("artifacts", [])]
+    return {"metrics": tracking_metrics(selection, doc), "artifacts": [str(a) for a in arts],
+            "params": {"eval_benchmarks": ",".join(b.name for b in selection.benchmarks)}}
+
+
+def describe_eval(cfg: Any) -> str:
+    ev = cfg.eval
+    return f"{', '.join(ev.benchmarks) if ev.benchmarks else 'all present'} in {ev.data_dir}"
+
+
+def apply_demo(cfg: Any, workdir: Path) -> Any:
+    """Fill the demo config's missing weights and benchmark folder with tiny random artefacts."""
+    from .demo import prepare_demo
+
+    assets = prepare_demo(workdir)
+    update: dict[str, Any] = {}
+    if cfg.generate.weights is None:
+        update["generate"] = cfg.generate.model_copy(update={"weights": assets.generator})
+    if cfg.eval.data_dir is None:
+        update["eval"] = cfg.eval.model_copy(update={"data_dir": assets.benchmarks})
+    if cfg.metrics.fr_model is None:
+        update["metrics"] = cfg.metrics.model_copy(update={"fr_model": assets.fr_model})
+    out = cfg.model_copy(update=update)
+    out.__pydantic_fields_set__ = set(cfg.model_fields_set)  # keep "which sections were configured"
+    return out
+
+
+STAGES: dict[str, Stage] = {
+    "identities": Stage("identities", (), run_identities, describe=describe_identities),
+    "generate": Stage("generate", ("identities",), run_generate, describe=describe_generate),
+    "align": Stage("align", ("generate",), run_align, describe=lambda cfg: f"detector {cfg.align.detector}"),
+    "train": Stage("train", ("align",), run_train, describe=describe_train),
+    "eval": Stage("eval", ("train",), run_eval_stage, describe=describe_eval),
+}
