@@ -154,6 +154,25 @@ def describe_eval(cfg: Any) -> str:
     return f"{', '.join(ev.benchmarks) if ev.benchmarks else 'all present'} in {ev.data_dir}"
 
 
+# -------------------------------------------------------------------------------------- metrics
+def run_metrics_stage(ctx: StageContext) -> dict[str, Any]:
+    from .io import write_json_atomic
+    from .metrics_stage import MetricsRequest, run_metrics, tracking_metrics, tracking_params
+
+    mc, rt = ctx.section, ctx.cfg.runtime
+    fr_model = mc.fr_model or (model_of(ctx.inputs["train"]) if "train" in ctx.inputs else None)
+    if fr_model is None:
+        raise ConfigError("metrics.fr_model: an FR model is needed (or a train stage / inputs.model in the run)")
+    req = MetricsRequest(dataset=dataset_of(ctx.inputs["align"]), cfg=mc, fr_model=Path(fr_model), reference=mc.reference,
+                         asked={k: False for k in ("separability", "consistency", "lpips", "prc", "fid")},
+                         device=rt.device, dtype=rt.dtype, batch_size=rt.batch_size, workers=rt.workers,
+                         workdir=ctx.workdir, artifacts_dir=ctx.out_dir)
+    doc = run_metrics(req, progress=ctx.progress, warn=ctx.warn)
+    write_json_atomic(ctx.out_dir / "metrics.json", doc)
+    return {"metrics": tracking_metrics(doc), "params": tracking_params(doc),
+            "artifacts": [str(ctx.out_dir / "metrics.json"), *map(str, doc.get("artifacts", []))]}
+
+
 def apply_demo(cfg: Any, workdir: Path) -> Any:
     """Fill the demo config's missing weights and benchmark folder with tiny random artefacts."""
     from .demo import prepare_demo
@@ -177,4 +196,6 @@ STAGES: dict[str, Stage] = {
     "align": Stage("align", ("generate",), run_align, describe=lambda cfg: f"detector {cfg.align.detector}"),
     "train": Stage("train", ("align",), run_train, describe=describe_train),
     "eval": Stage("eval", ("train",), run_eval_stage, describe=describe_eval),
+    "metrics": Stage("metrics", ("align",), run_metrics_stage, optional=("train",),
+                     describe=lambda cfg: f"{cfg.metrics.identities} ids × {cfg.metrics.per_identity} images"),
 }
