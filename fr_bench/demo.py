@@ -17,7 +17,7 @@ import yaml
 
 from .io import atomic_path
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def write_tiny_idiff_face(folder: Path, seed: int = 0, latent: int = 16) -> Path
     return folder
 
 
-def write_tiny_benchmarks(folder: Path, pairs: int = 60, seed: int = 0) -> Path:
+def write_tiny_benchmarks(folder: Path, pairs: int = 30, seed: int = 0) -> Path:
     """Five insightface-format packs of smooth random JPEGs (genuine pairs are perturbed copies)."""
     import cv2
 

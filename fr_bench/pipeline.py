@@ -18,6 +18,9 @@ from . import __version__
 from .cache import RunLock, StageDir, path_digest, stable_hash
 from .errors import ConfigError, InputError
 
+#: stage params copied onto the parent run (what the leaderboard shows for a row)
+PARENT_PARAMS = ("generator", "identities", "per_identity", "recipe", "identity_source")
+
 ORDER = ("identities", "generate", "align", "train", "eval", "metrics")
 
 
@@ -184,7 +187,8 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
                                 child.log_artifact(art)
                     if parent is not None and getattr(parent, "active", False):
                         parent.log_metrics({k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))})
-                        parent.log_params({k: v for k, v in summary.get("params", {}).items()})
+                        # params are immutable in MLflow: the parent takes only the run-describing ones
+                        parent.log_params({k: v for k, v in summary.get("params", {}).items() if k in PARENT_PARAMS})
                 outputs[name] = ps.dir.path
                 results[name] = summary
                 if on_stage is not None:

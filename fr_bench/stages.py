@@ -42,7 +42,7 @@ def run_identities(ctx: StageContext) -> dict[str, Any]:
     ids = build_identities(src, ic.n, ic.max_similarity, negatives=ic.negatives, pool_size=ic.pool_size, device=rt.device,
                            max_candidates=ic.max_candidates, progress=ctx.progress)
     write_identities(ctx.out_dir, ids)
-    return {"params": {"identities": len(ids.embeddings), "identity_source": ic.source},
+    return {"params": {"identities_built": len(ids.embeddings), "identity_source": ic.source},
             "metrics": {"identities/count": float(len(ids.embeddings))}}
 
 

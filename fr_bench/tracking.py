@@ -46,31 +46,43 @@ class RunLogger:
         except Exception as err:  # tracking must never cost the results
             self._tracker._fail(f"could not log {what}", err)
 
+    # Every call names this run's id explicitly, so a parent run can still be written to while one of
+    # its children is the active run.
     def log_params(self, params: dict[str, Any]) -> None:
-        flat = {k: _param_value(v) for k, v in _flatten(params).items()}
-        self._call("params", lambda: self._tracker.mlflow.log_params(flat))
+        from mlflow.entities import Param
+
+        flat = [Param(k, _param_value(v)) for k, v in _flatten(params).items()]
+        self._call("params", lambda: self._tracker.client.log_batch(self.run_id, params=flat))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        clean = {_metric_key(k): float(v) for k, v in metrics.items() if v is not None}
-        self._call("metrics", lambda: self._tracker.mlflow.log_metrics(clean, step=step))
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        clean = [Metric(_metric_key(k), float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        self._call("metrics", lambda: self._tracker.client.log_batch(self.run_id, metrics=clean))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._call("tags", lambda: self._tracker.mlflow.set_tags({k: str(v) for k, v in tags.items()}))
+        from mlflow.entities import RunTag
+
+        clean = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._call("tags", lambda: self._tracker.client.log_batch(self.run_id, tags=clean))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call(f"artifact {path}", lambda: self._tracker.mlflow.log_artifact(str(path), artifact_path))
+        self._call(f"artifact {path}", lambda: self._tracker.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_dict(self, obj: Any, name: str) -> None:
         def _log() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 p = Path(tmp) / name
                 p.write_text(json.dumps(obj, indent=2))
-                self._tracker.mlflow.log_artifact(str(p))
+                self._tracker.client.log_artifact(self.run_id, str(p))
 
         self._call(f"artifact {name}", _log)
 
     def log_figure(self, fig: Any, name: str) -> None:
-        self._call(f"figure {name}", lambda: self._tracker.mlflow.log_figure(fig, name))
+        self._call(f"figure {name}", lambda: self._tracker.client.log_figure(self.run_id, fig, name))
 
 
 class Tracker:
@@ -90,6 +102,7 @@ class Tracker:
         self.experiment = experiment
         self._warn = warn or (lambda msg: None)
         self.mlflow: Any = None
+        self.client: Any = None
 
     def _fail(self, what: str, err: BaseException) -> None:
         if self.enabled:
@@ -117,7 +130,8 @@ class Tracker:
             os.environ["MLFLOW_TRACKING_URI"] = before
         if self.uri.startswith("sqlite:///"):
             self.workdir.mkdir(parents=True, exist_ok=True)
-        client = mlflow.tracking.MlflowClient()
+        client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
+        self.client = client
         exp = client.get_experiment_by_name(self.experiment)
         if exp is None:
             location = None
