@@ -289,11 +289,339 @@ def align_cmd(ctx: click.Context, input_dir: Path | None, config_path: Path | No
 
 # <<identities-align-commands>>
 
+# -------------------------------------------------------------------------------------- generate
+@cli.command("generate", context_settings=CONTEXT_SETTINGS)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config (generate/runtime sections), e.g. configs/negfacediff.yaml.")
+@click.option("--generator", default=None, help="Registered generator: idiff-face, negfacediff, adaptdiff, … (an unknown name lists them).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="The generator's weights (IDiff-Face family: the released model folder).")
+@click.option("--identities", type=click.Path(path_type=Path), default=None, help="Folder from `frbench identities` (identities.npy + .json), or a contexts file.")
+@click.option("--negatives", type=click.Path(path_type=Path), default=None, help="Negative per identity: .npy of row indices or N×512 vectors (default: identities.json).")
+@click.option("--num-identities", type=click.IntRange(min=1), default=None, help="Use the first N contexts (default all).")
+@click.option("--per-identity", type=click.IntRange(min=1), default=None, help="Images per identity (default 50).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Dataset folder: <identity:05d>/<sample:03d>.png + manifest.parquet.")
+@click.option("--shard", default=None, help="i/n: generate shard i (0-based) of n. Default: torchrun's RANK/WORLD_SIZE, else 0/1.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per generator call, across identities (default 64).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="Autocast dtype of the denoiser (default runtime.dtype, fp32).")
+@click.option("--seed", type=int, default=None, help="Run seed; image (i, k) uses a seed derived from (seed, i, k). Default 42.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampler steps (default: the generator's own, e.g. DDPM 1000).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK).")
+@click.pass_context
+def generate_cmd(ctx: click.Context, config_path: Path | None, generator: str | None, weights: Path | None,
+                 identities: Path | None, negatives: Path | None, num_identities: int | None, per_identity: int | None,
+                 out: Path | None, shard: str | None, batch_size: int | None, dtype: str | None, seed: int | None,
+                 steps: int | None, device: str | None) -> None:
+    """Generate a synthetic face dataset from identity contexts (sharded, resumable)."""
+    from .config import load_config
+    from .errors import ConfigError
+    from .generate import DTYPES, Shard, generation_device, load_identity_set, run_generation, settings_record
+    from .generators.base import available_generators, get_generator
+    from .progress import progress_factory
+
+    cfg = load_config(config_path)
+    gc, rt = cfg.generate, cfg.runtime
+    the_shard = Shard.parse(shard) if shard is not None else (Shard.from_env() or Shard())
+    name = generator or gc.generator
+    if name is None:
+        raise ConfigError("no generator given: pass --generator NAME (or generate.generator in the config)")
+    cls = get_generator(name)
+    if cls is None:
+        raise ConfigError(f"unknown generator {name!r}; registered: {', '.join(available_generators())}")
+    weights, identities, out = weights or gc.weights, identities or gc.identities, out or gc.out
+    for value, flag in ((weights, "--weights DIR"), (identities, "--identities DIR"), (out, "--out DIR")):
+        if value is None:
+            raise ConfigError(f"missing {flag} (or generate.{flag[2:].split()[0].replace('-', '_')} in the config)")
+    options = dict(gc.options)
+    if steps or gc.steps:
+        options["steps"] = steps or gc.steps
+    adapter = cls.from_config(options)
+    ids = load_identity_set(identities, num=num_identities or gc.num_identities, negatives=negatives or gc.negatives,
+                            need_negatives=bool(getattr(adapter, "needs_negatives", False)))
+    dev = generation_device(device or rt.device)
+    dtype_name = dtype or gc.dtype or rt.dtype
+    per = per_identity or gc.per_identity
+    run_seed = gc.seed if seed is None else seed
+    bs = batch_size or gc.batch_size or 64
+    adapter.load(weights, device=dev, dtype=DTYPES[dtype_name])
+    settings = settings_record(generator=name, adapter=adapter, weights=weights, ids=ids, per_identity=per,
+                               seed=run_seed, dtype=dtype_name, device=dev)
+    console.print(f"{name}: {len(ids.vectors)} identities × {per} images → {out} (shard {the_shard}, batch {bs}, "
+                  f"{dtype_name}, {dev})", highlight=False, soft_wrap=True)
+    with progress_factory() as progress:
+        res = run_generation(adapter, ids, out=out, per_identity=per, seed=run_seed, shard=the_shard, batch_size=bs,
+                             settings=settings, writers=gc.writers, progress=progress,
+                             log=lambda msg: console.print(msg, highlight=False))
+    console.print(f"shard {res.shard}: generated {res.generated} images ({res.skipped} already present) in "
+                  f"{res.seconds:.1f} s, {res.images_per_s:.2f} img/s", highlight=False, soft_wrap=True)
+    if res.complete:
+        console.print(f"dataset complete: wrote {Path(out) / 'manifest.parquet'}", highlight=False)
+    else:
+        console.print("other shards still missing images; manifest.parquet is written when the last one finishes",
+                      highlight=False)
+
+
 # <<generate-commands>>
+
+# -------------------------------------------------------------------------------------------- train
+@cli.command("train", context_settings=CONTEXT_SETTINGS)
+@click.argument("dataset", type=click.Path(path_type=Path), required=False)
+@click.option("--recipe", default=None, help="Preset (idiff-face, uiface, arc2face, arcface-torch) or a recipe YAML (default idiff-face).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config (train/runtime/tracking sections).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. --set head.m=0.4 (repeatable).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs (the LR schedule follows).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the total batch (the LR scales linearly).")
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Run folder (default <workdir>/train/<dataset>-<recipe>-<hash>).")
+@click.option("--resume", is_flag=True, help="Require a checkpoint in --output and continue it (a matching one is continued anyway).")
+@click.option("--restart", is_flag=True, help="Discard any checkpoint and outputs in --output and start over.")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK).")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default=None, help="Backbone autocast: auto = bf16 on CUDA, fp32 on CPU; fp16 adds a GradScaler.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (default off).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps of the schedule (smoke tests, benchmarks).")
+@click.option("--deterministic", is_flag=True, default=None, help="Deterministic kernels; a resumed CPU run then equals an uninterrupted one.")
+@click.option("--seed", type=int, default=None, help="Seed of initial weights, data order and augmentation (default: the config's seed, 0).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None, help="Checkpoint every N steps (also at each epoch end; default 1000).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode processes for the image cache (default runtime.workers).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Image cache root (default <workdir>/cache/train-images).")
+@click.option("--strict-images", is_flag=True, default=None, help="Fail on an unreadable image instead of skipping it.")
+@click.option("--monitor-data-dir", type=click.Path(path_type=Path), default=None, help="Folder of .bin sets scored each epoch (logged only, never used for selection).")
+@click.option("--monitor-benchmarks", default=None, help="Comma-separated .bin names for monitoring (default: the five present).")
+@tracking_options
+@click.pass_context
+def train_cmd(ctx: click.Context, dataset: Path | None, recipe: str | None, config_path: Path | None, sets: tuple[str, ...],
+              epochs: int | None, batch_size: int | None, output: Path | None, resume: bool, restart: bool, device: str | None,
+              dtype: str | None, compile_: bool | None, max_steps: int | None, deterministic: bool | None, seed: int | None,
+              checkpoint_every: int | None, workers: int | None, cache_dir: Path | None, strict_images: bool | None,
+              monitor_data_dir: Path | None, monitor_benchmarks: str | None, tracking_uri: str | None, no_track: bool,
+              experiment: str | None) -> None:
+    """Train the standard recognizer on DATASET (identity folders, manifest.parquet or train.rec/.idx)."""
+    import os
+
+    from .config import load_config
+    from .errors import ConfigError
+    from .progress import progress_factory
+    from .recipes import load_recipe, parse_set
+    from .train import TrainOptions, default_output, train
+
+    cfg = load_config(config_path)
+    tc, rt = cfg.train, cfg.runtime
+    dataset = dataset or tc.dataset
+    if dataset is None:
+        raise ConfigError("no dataset given: frbench train DATASET (or train.dataset in the config)")
+    if resume and restart:
+        raise ConfigError("--resume and --restart contradict each other")
+    layers = [(tc.overrides, f"{config_path}: train.overrides"), (parse_set(sets), "--set")]
+    cli_layer = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None}
+    layers.append((cli_layer, "--epochs/--batch-size"))
+    rec, rec_path = load_recipe(recipe or tc.recipe, layers)
+    workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
+    out = output or tc.output or default_output(workdir, dataset, rec)
+    opts = TrainOptions(
+        output=Path(out),
+        cache_dir=Path(cache_dir or tc.cache_dir or workdir / "cache" / "train-images"),
+        device=device or tc.device or rt.device,
+        dtype=dtype or tc.dtype,
+        compile=tc.compile if compile_ is None else compile_,
+        channels_last=tc.channels_last,
+        seed=seed if seed is not None else int(getattr(cfg, "seed", 0)),
+        deterministic=bool(deterministic) or tc.deterministic,
+        max_steps=max_steps,
+        checkpoint_every=checkpoint_every or tc.checkpoint_every,
+        log_every=tc.log_every,
+        workers=workers or rt.workers,
+        prefetch=tc.prefetch,
+        strict_images=bool(strict_images) or tc.strict_images,
+        resume="restart" if restart else ("require" if resume else "auto"),
+        monitor_dir=monitor_data_dir or tc.monitor.data_dir,
+        monitor_benchmarks=_split(monitor_benchmarks) or tc.monitor.benchmarks,
+        monitor_every=tc.monitor.every_epochs,
+    )
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    tracker = _make_tracker(ctx, cfg, tracking_uri, no_track or not rank0, experiment)
+    say = (lambda msg: console.print(msg, highlight=False)) if rank0 else (lambda msg: None)
+    with tracker.start_run(f"train {Path(dataset).name} {rec.name}", tags={"frbench.stage": "train"}) as run:
+        with progress_factory() as progress:
+            summary = train(dataset, rec, opts, run=run if run.active else None, progress=progress if rank0 else None,
+                            say=say, warn=warn if rank0 else (lambda msg: None), recipe_path=rec_path)
+    if rank0:
+        _print_train_summary(summary, opts.output)
+
+
+def _print_train_summary(s: dict[str, Any], output: Path) -> None:
+    table = Table(title=f"frbench train — {s.get('recipe')} ({s.get('recipe_hash')})")
+    table.add_column("")
+    table.add_column("", justify="right")
+    rate = s.get("samples_per_s")
+    rows = [
+        ("images / identities", f"{s.get('images')} / {s.get('identities')}"),
+        ("epochs (steps)", f"{s.get('epochs_completed', 0):.2f} of {s.get('epochs')} ({s.get('steps')})"),
+        ("final loss", f"{s.get('final_loss', float('nan')):.4f}"),
+        ("samples/s (this run)", f"{rate:,.1f}" if rate else "–"),
+        ("device / dtype", f"{s.get('device')} / {s.get('dtype')}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    console.print(f"wrote {output / 'model.pt'}, {output / 'model.onnx'}, {output / 'train.json'}", highlight=False)
+
 
 # <<train-commands>>
 
+# -------------------------------------------------------------------------------- train-adapter
+@cli.command("train-adapter", context_settings=CONTEXT_SETTINGS)
+@click.argument("method", type=click.Choice(["fused-attention"]))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--base", type=click.Path(path_type=Path), required=True, help="SD1.5 folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder: fused_attention.safetensors, checkpoint.pt, train_adapter.json.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimizer steps (in total, counting resumed ones).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Target images per step.")
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=1e-2, show_default=True, help="AdamW weight decay.")
+@click.option("--references", type=click.IntRange(min=1), default=1, show_default=True, help="Reference images per target (other images of its identity).")
+@click.option("--resolution", type=click.IntRange(min=64), default=None, help="Training resolution (default: the UNet's, 512 for SD1.5).")
+@click.option("--reference-timestep", type=click.IntRange(0, 999), default=0, show_default=True, help="Timestep of the reference pass.")
+@click.option("--reference-prompt", default="", show_default=True, help="Prompt of the reference pass.")
+@click.option("--init", type=click.Choice(["self-attention", "random"]), default="self-attention", show_default=True, help="Start Linear_kf/vf as the block's self-attention to_k/to_v, or at random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed: step s draws everything from (seed, s).")
+@click.option("--save-every", type=click.IntRange(min=1), default=250, show_default=True, help="Checkpoint every N steps.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Log the mean loss every N steps.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (same settings; --steps may grow).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="Frozen-model dtype (auto: bf16 on CUDA, fp32 on CPU); trained weights stay fp32.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config (workdir/tracking sections).")
+@tracking_options
+@click.pass_context
+def train_adapter_cmd(ctx: click.Context, method: str, data: Path, base: Path, out: Path, steps: int, batch_size: int,
+                      lr: float, weight_decay: float, references: int, resolution: int | None, reference_timestep: int,
+                      reference_prompt: str, init: str, seed: int, save_every: int, log_every: int, resume: bool,
+                      device: str, dtype: str, config_path: Path | None, tracking_uri: str | None, no_track: bool,
+                      experiment: str | None) -> None:
+    """Learn a generator adapter's weights; fused-attention: Linear_kf/vf on captioned face images (SD1.5 frozen)."""
+    from .config import load_config
+    from .progress import progress_factory
+    from .train_adapter import TrainAdapterSettings, train_fused_attention
+
+    cfg = load_config(config_path)
+    settings = TrainAdapterSettings(data=data, base=base, out=out, steps=steps, batch_size=batch_size, lr=lr,
+                                    weight_decay=weight_decay, references=references, resolution=resolution, seed=seed,
+                                    save_every=save_every, log_every=log_every, reference_timestep=reference_timestep,
+                                    reference_prompt=reference_prompt, init=init, device=device, dtype=dtype)
+    tracker = _make_tracker(ctx, cfg, tracking_uri, no_track, experiment)
+    with tracker.start_run(f"train-adapter {method}", tags={"frbench.stage": "train-adapter", "frbench.method": method}) as run:
+        with progress_factory() as progress:
+            summary = train_fused_attention(settings, resume=resume, run=run, progress=progress,
+                                            log=lambda msg: console.print(msg, highlight=False))
+    console.print(f"{summary['steps']} steps on {summary['images']} images ({summary['identities']} identities): fixed-batch "
+                  f"loss {summary['eval_loss_start']:.5f} → {summary['eval_loss_end']:.5f}", highlight=False)
+    console.print(f"wrote {summary['weights']} and {Path(out) / 'train_adapter.json'}", highlight=False)
+
+
 # <<sd-adapter-commands>>
+
+# ------------------------------------------------------------------------------------------ metrics
+@cli.command("metrics", context_settings=CONTEXT_SETTINGS)
+@click.argument("dataset", type=click.Path(path_type=Path), required=False)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config (metrics/runtime/tracking sections).")
+@click.option("--fr-model", type=click.Path(path_type=Path), default=None, help="FR model (ONNX or iresnet state dict) for separability and consistency.")
+@click.option("--separability", is_flag=True, help="EER, FMR100/1000 (pyeer and strict rules), G/I mean±std, FDR, d′.")
+@click.option("--consistency", is_flag=True, help="Cosine of each image to its conditioning identity (needs the manifest).")
+@click.option("--lpips", is_flag=True, help="Intra-class LPIPS (VGG) over all pairs of --lpips-identities identities.")
+@click.option("--prc", is_flag=True, help="Improved precision/recall against --reference (torch-fidelity).")
+@click.option("--fid", is_flag=True, help="FID against --reference (torch-fidelity).")
+@click.option("--reference", type=click.Path(path_type=Path), default=None, help="Real image folder for --prc/--fid (searched recursively).")
+@click.option("--identities", type=click.IntRange(min=1), default=None, help="First N identity folders with ≥ 2 images (default 1000).")
+@click.option("--per-identity", type=click.IntRange(min=2), default=None, help="First K images of each (default 20).")
+@click.option("--lpips-identities", type=click.IntRange(min=1), default=None, help="Identities drawn (seeded) for LPIPS (default 100).")
+@click.option("--max-impostors", type=click.IntRange(min=1), default=None, help="Sample this many impostor pairs when there are more (default: exact).")
+@click.option("--seed", type=int, default=None, help="Seed of the LPIPS identity draw and impostor sampling (default 0).")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="FR embedding batch size.")
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the results JSON here.")
+@tracking_options
+@click.pass_context
+def metrics_cmd(ctx: click.Context, dataset: Path | None, config_path: Path | None, fr_model: Path | None,
+                separability: bool, consistency: bool, lpips: bool, prc: bool, fid: bool, reference: Path | None,
+                identities: int | None, per_identity: int | None, lpips_identities: int | None, max_impostors: int | None,
+                seed: int | None, device: str | None, batch_size: int | None, output: Path | None,
+                tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
+    """Separability, identity consistency and diversity of an image-folder DATASET (one sub-folder per identity)."""
+    from .config import load_config
+    from .errors import ConfigError
+    from .io import write_json_atomic
+    from .metrics_stage import MetricsRequest, run_metrics, tracking_metrics, tracking_params
+    from .progress import progress_factory
+
+    cfg = load_config(config_path)
+    mc, rt = cfg.metrics, cfg.runtime
+    dataset = dataset or mc.dataset
+    if dataset is None:
+        raise ConfigError("no dataset given: frbench metrics DATASET (or metrics.dataset in the config)")
+    overrides = {"identities": identities, "per_identity": per_identity, "lpips_identities": lpips_identities,
+                 "max_impostors": max_impostors, "seed": seed}
+    mc = mc.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    output = output or mc.output
+    workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
+    req = MetricsRequest(
+        dataset=Path(dataset), cfg=mc, fr_model=fr_model or mc.fr_model, reference=reference or mc.reference,
+        asked={"separability": separability, "consistency": consistency, "lpips": lpips, "prc": prc, "fid": fid},
+        device=device or rt.device, dtype=rt.dtype, batch_size=batch_size or rt.batch_size, workers=rt.workers,
+        workdir=workdir,
+    )
+    tracker = _make_tracker(ctx, cfg, tracking_uri, no_track, experiment)
+    with tracker.start_run(f"metrics {Path(dataset).name}", tags={"frbench.stage": "metrics"}) as run:
+        with progress_factory() as progress:
+            doc = run_metrics(req, progress=progress, warn=warn)
+        if output is not None:
+            write_json_atomic(output, doc)
+        _print_metrics_table(doc)
+        if run.active:
+            run.log_params(tracking_params(doc))
+            run.log_metrics(tracking_metrics(doc))
+            run.log_dict(doc, "metrics.json")
+            for art in doc.get("artifacts", []):
+                run.log_artifact(art)
+    if output is not None:
+        console.print(f"wrote {output}", highlight=False)
+
+
+def _print_metrics_table(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    ds = doc["dataset"]
+    model = doc.get("fr_model")
+    table = Table(title=f"{ds['path']}: {ds['identities']} identities, {ds['images']} images"
+                        + (f" — FR model {model['description']}" if model else ""))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("notes")
+    sep = doc.get("separability")
+    if sep:
+        note_s = f"{sep['genuine_pairs']:,} genuine / {sep['impostor_pairs']:,} impostor pairs"
+        if sep.get("impostor_sampling"):
+            note_s += f" (sampled, seed {sep['impostor_sampling']['seed']})"
+        table.add_row("EER", f"{sep['eer']:.4f}", note_s)
+        for k, label in (("fmr100", "FMR100"), ("fmr1000", "FMR1000")):
+            table.add_row(label, f"{sep[k]:.4f}", "pyeer rule: FNMR at the nearest FMR")
+            table.add_row(f"{label} strict", f"{sep[k + '_strict']:.4f}", "lowest FNMR with FMR ≤ target")
+        table.add_row("genuine mean ± std", f"{sep['genuine_mean']:.4f} ± {sep['genuine_std']:.4f}", "cosine, population std")
+        table.add_row("impostor mean ± std", f"{sep['impostor_mean']:.4f} ± {sep['impostor_std']:.4f}", "")
+        table.add_row("FDR", "n/a" if sep["fdr"] is None else f"{sep['fdr']:.3f}", "(μG−μI)²/(σG²+σI²)")
+        table.add_row("d′", f"{sep['d_prime']:.3f}", "")
+    con = doc.get("consistency")
+    if con:
+        table.add_row("identity consistency", f"{con['mean']:.4f} ± {con['std']:.4f}", f"{con['images']:,} images vs their contexts")
+    lp = doc.get("lpips")
+    if lp:
+        table.add_row("intra-class LPIPS", f"{lp['mean']:.4f}", f"VGG, {lp['identities']} identities, {lp['pairs']:,} pairs")
+    pr = doc.get("prc")
+    if pr:
+        table.add_row("precision / recall", f"{100 * pr['precision']:.2f} / {100 * pr['recall']:.2f}",
+                      f"%, K={pr['k']}, {pr['extractor']}, vs {pr['reference_images']:,} real")
+    if doc.get("fid") is not None:
+        info = doc["fid_info"]
+        table.add_row("FID", f"{doc['fid']:.2f}", f"{info['extractor']}, vs {info['reference_images']:,} real")
+    for metric, reason in doc.get("not_computed", {}).items():
+        table.add_row(f"[dim]{metric}[/dim]", "[dim]—[/dim]", f"[dim]{reason}[/dim]")
+    Console(highlight=False).print(table)
+
 
 # <<metrics-commands>>
 
@@ -393,6 +721,70 @@ def new_adapter_cmd(name: str, out_dir: Path) -> None:
 
 
 # <<leaderboard-commands>>
+
+# ------------------------------------------------------------------------------------------ run
+@cli.command("run", context_settings=CONTEXT_SETTINGS)
+@click.argument("config_path", type=click.Path(path_type=Path))
+@click.option("--workdir", "run_workdir", type=click.Path(path_type=Path), default=None, help="Work directory (overrides the config's).")
+@click.option("--from", "start", default=None, help="First stage to run; earlier stages must be finished.")
+@click.option("--until", default=None, help="Last stage to run.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@tracking_options
+@click.pass_context
+def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, start: str | None, until: str | None,
+            dry_run: bool, tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
+    """Run the whole chain of CONFIG: identities → generate → align → train → eval, metrics."""
+    from .config import load_config
+    from .pipeline import execute, make_plan
+    from .progress import progress_factory
+    from .stages import STAGES, apply_demo
+
+    cfg = load_config(config_path)
+    workdir = Path(run_workdir or ctx.obj.get("workdir") or cfg.workdir)
+    ctx.obj["workdir"] = workdir
+    if cfg.demo:
+        console.print("[bold yellow]plumbing demo:[/bold yellow] tiny random-weight models — the numbers mean nothing", highlight=False)
+        cfg = apply_demo(cfg, workdir)
+    run_name = cfg.name or config_path.stem
+    plan = make_plan(cfg, STAGES, workdir, run_name, start=start, until=until)
+    _print_plan(plan)
+    if dry_run:
+        return
+    tracker = _make_tracker(ctx, cfg, tracking_uri, no_track, experiment)
+    tags = {k: v for k, v in (("generator", cfg.generate.generator if "generate" in cfg.model_fields_set else None),
+                              ("config", str(config_path))) if v}
+
+    def done(ps: Any, summary: dict[str, Any]) -> None:
+        verb = "cached" if ps.status == "cached" else "done"
+        console.print(f"[green]✓[/green] {ps.stage.name} ({verb}) → {ps.dir.path}", highlight=False, soft_wrap=True)
+
+    with progress_factory() as progress:
+        results = execute(plan, cfg, workdir, tracker=tracker, progress=progress, warn=warn, on_stage=done, run_tags=tags)
+    _print_run_results(results)
+
+
+def _print_plan(plan: Any) -> None:
+    table = Table(title=f"plan for {plan.run_dir}")
+    for col in ("stage", "hash", "status", "what"):
+        table.add_column(col)
+    for name, path in plan.external.items():
+        table.add_row(name, "", "[cyan]given[/cyan]", str(path))
+    colors = {"cached": "green", "resume": "yellow", "run": "white"}
+    for ps in plan.stages:
+        table.add_row(ps.stage.name, ps.hash[:12], f"[{colors[ps.status]}]{ps.status}[/{colors[ps.status]}]", ps.detail)
+    console.print(table)
+
+
+def _print_run_results(results: dict[str, Any]) -> None:
+    table = Table(title="results")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for stage, summary in results.items():
+        for k, v in summary.get("metrics", {}).items():
+            if isinstance(v, (int, float)) and stage in ("eval", "metrics", "train"):
+                table.add_row(k, f"{v:.4f}")
+    console.print(table)
+
 
 # <<run-commands>>
 

@@ -40,6 +40,13 @@ class TrackingConfig(Section):
     experiment: str = "frbench"
 
 
+class InputsConfig(Section):
+    """Enter the ``frbench run`` graph part-way: an existing aligned dataset and/or trained model."""
+
+    dataset: Optional[Path] = None
+    model: Optional[Path] = None
+
+
 class EvalConfig(Section):
     """``frbench eval``: a model scored on benchmark files."""
 
@@ -81,6 +88,171 @@ class AlignConfig(Section):
     out: Optional[Path] = None
 
 
+from pydantic import model_validator  # noqa: E402  (used by the train recipe models below)
+
+
+class TrainModelConfig(Section):
+    """Backbone: arcface_torch iresnet ``r18|r34|r50|r100|r200`` or IR-SE ``irse18|irse34|irse50|irse100``."""
+
+    arch: str = "r50"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    embedding_size: int = Field(512, ge=2)
+
+
+_HEAD_KEYS = {"arcface": ("s", "m", "straight_through"), "cosface": ("s", "m"), "adaface": ("s", "m", "h", "t_alpha"), "combined": ("s", "m1", "m2", "m3")}
+
+
+class TrainHeadConfig(Section):
+    """Margin head; only the keys of the chosen ``type`` may be set (see ``fr_bench.models.heads``)."""
+
+    type: Literal["arcface", "cosface", "adaface", "combined"] = "cosface"
+    s: float = Field(64.0, gt=0)
+    m: Optional[float] = None
+    h: Optional[float] = None
+    t_alpha: Optional[float] = Field(None, gt=0.0, le=1.0)
+    m1: Optional[float] = None
+    m2: Optional[float] = None
+    m3: Optional[float] = None
+    straight_through: Optional[bool] = None
+
+    @model_validator(mode="after")
+    def _keys_fit_type(self) -> "TrainHeadConfig":
+        allowed = _HEAD_KEYS[self.type]
+        extra = [k for k in ("m", "h", "t_alpha", "m1", "m2", "m3", "straight_through") if getattr(self, k) is not None and k not in allowed]
+        if extra:
+            raise ValueError(f"'{extra[0]}' does not apply to a {self.type} head (it takes {', '.join(allowed)})")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _HEAD_KEYS[self.type] if getattr(self, k) is not None}
+
+
+class TrainOptimizerConfig(Section):
+    """``lr`` is the rate at a total batch of ``lr_batch_size``; other batch sizes scale it linearly."""
+
+    type: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    lr_batch_size: int = Field(512, ge=1)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    no_decay_bn: bool = False  # AdaFace: no weight decay on BatchNorm parameters
+    grad_clip: Optional[float] = Field(5.0, gt=0)  # max-norm on the backbone gradients; null = off
+
+
+class TrainScheduleConfig(Section):
+    """Fixed LR schedule, stepped every iteration. ``step``: × gamma once ``m`` epochs are complete, for
+    each m in ``milestones`` (PyTorch MultiStepLR convention); ``poly``: (1 − t/T)^power to 0.
+    Both start with ``warmup_epochs`` of linear warm-up from 0."""
+
+    type: Literal["step", "poly"] = "step"
+    milestones: list[int] = []
+    gamma: float = Field(0.1, gt=0)
+    power: float = Field(1.0, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+class TrainRandAugmentConfig(Section):
+    num_ops: int = Field(4, ge=1, le=16)
+    magnitude: int = Field(16, ge=1, le=30)
+
+
+class TrainAugmentConfig(Section):
+    """Flip, IDiff-Face RandAugment and AdaFace-style crop / low-res / photometric (``fr_bench.augment``)."""
+
+    flip: bool = True
+    randaugment: Optional[TrainRandAugmentConfig] = None
+    crop_prob: float = Field(0.0, ge=0, le=1)
+    lowres_prob: float = Field(0.0, ge=0, le=1)
+    photometric_prob: float = Field(0.0, ge=0, le=1)
+
+
+class TrainRecipe(Section):
+    """A training recipe (``configs/train/<name>.yaml``): everything that changes the trained weights."""
+
+    name: str = "custom"
+    source: str = ""
+    notes: str = ""
+    model: TrainModelConfig = TrainModelConfig()
+    head: TrainHeadConfig = TrainHeadConfig()
+    optimizer: TrainOptimizerConfig = TrainOptimizerConfig()
+    schedule: TrainScheduleConfig = TrainScheduleConfig()
+    augment: TrainAugmentConfig = TrainAugmentConfig()
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(512, ge=1)
+
+
+class TrainMonitorConfig(Section):
+    """Optional per-epoch monitoring on ``.bin`` sets: logged, never used to pick a schedule or checkpoint."""
+
+    data_dir: Optional[Path] = None
+    benchmarks: Optional[list[str]] = None  # default: the five present in data_dir
+    every_epochs: int = Field(1, ge=1)
+
+
+class TrainConfig(Section):
+    """``frbench train``: a recipe preset (name or YAML path) plus run settings."""
+
+    recipe: str = "idiff-face"
+    overrides: dict[str, Any] = {}  # partial recipe merged over the preset, e.g. {head: {m: 0.4}}
+    dataset: Optional[Path] = None
+    output: Optional[Path] = None
+    cache_dir: Optional[Path] = None
+    device: Optional[str] = None  # default: runtime.device
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    channels_last: bool = True
+    deterministic: bool = False
+    checkpoint_every: int = Field(1000, ge=1)
+    log_every: int = Field(50, ge=1)
+    prefetch: int = Field(4, ge=1)
+    strict_images: bool = False
+    monitor: TrainMonitorConfig = TrainMonitorConfig()
+
+
+class GenerateConfig(Section):
+    """``frbench generate``: identity contexts → images with a registered generator adapter."""
+
+    generator: Optional[str] = None  # idiff-face | negfacediff | adaptdiff | … (frbench generate --help)
+    weights: Optional[Path] = None
+    identities: Optional[Path] = None  # folder with identities.npy (+ .json), or a contexts file
+    negatives: Optional[Path] = None  # .npy of row indices or vectors; default: identities.json negatives
+    num_identities: Optional[int] = Field(None, ge=1)  # the first N contexts (default: all)
+    per_identity: int = Field(50, ge=1)
+    seed: int = 42
+    batch_size: Optional[int] = Field(None, ge=1)  # default 64
+    dtype: Optional[DType] = None  # default: runtime.dtype
+    steps: Optional[int] = Field(None, ge=1)  # sampler steps (default: the generator's own, DDPM 1000)
+    out: Optional[Path] = None
+    writers: int = Field(4, ge=1)  # PNG-writing threads
+    options: dict[str, Any] = {}  # generator-specific, validated by the adapter (see its preset in configs/)
+
+
+FeatureExtractor = Literal["inception-v3-compat", "vgg16"]
+
+
+class MetricsConfig(Section):
+    """``frbench metrics``: separability, identity consistency and diversity of an image-folder dataset."""
+
+    dataset: Optional[Path] = None
+    fr_model: Optional[Path] = None
+    reference: Optional[Path] = None  # real image folder for P/R and FID
+    identities: Optional[int] = Field(1000, ge=1)  # first N identity folders with >= 2 images (null: all)
+    per_identity: Optional[int] = Field(20, ge=2)  # first K images of each (null: all)
+    lpips_identities: int = Field(100, ge=1)
+    max_impostors: Optional[int] = Field(None, ge=1)  # sample impostor pairs beyond this many (null: exact)
+    seed: int = 0
+    contexts: Optional[Path] = None  # identity contexts .npy (default: from generate.json / the dataset folder)
+    prc_k: int = Field(10, ge=1)
+    prc_extractor: FeatureExtractor = "inception-v3-compat"
+    fid_extractor: FeatureExtractor = "inception-v3-compat"
+    prc_layer: Optional[str] = None  # default: torch-fidelity's ('2048' for inception, 'fc2_relu' for vgg16)
+    fid_layer: Optional[str] = None
+    inception_weights: Optional[Path] = None  # default: torch hub cache weights-inception-2015-12-05-6726825d.pth
+    vgg16_weights: Optional[Path] = None  # default: torch hub cache vgg16-397923af.pth
+    block_mib: Optional[int] = Field(None, ge=1)  # working memory per block of the all-pairs product (default 256 CPU, 2048 CUDA)
+    output: Optional[Path] = None
+
+
 # <<section-models>> (later stages add their section classes above this line)
 
 
@@ -89,11 +261,17 @@ class Config(Section):
 
     name: Optional[str] = None
     workdir: Path = Path("frbench-work")
+    seed: int = 0
+    demo: bool = False  # fill missing weights/benchmarks with tiny random artefacts (configs/demo.yaml)
+    inputs: InputsConfig = InputsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
     identities: IdentitiesConfig = IdentitiesConfig()
     align: AlignConfig = AlignConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # <<section-fields>>
 
 
