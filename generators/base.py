@@ -57,6 +57,7 @@ def register_generator(name: str):
 
     def deco(cls: type[GeneratorAdapter]) -> type[GeneratorAdapter]:
         cls.name = name
+        cls._registered_as = name  # lets _import_builtins re-register if the registry was replaced
         _REGISTRY[name] = cls
         return cls
 
@@ -94,7 +95,11 @@ def _import_builtins() -> None:
     import importlib
 
     for mod in BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{mod}")
+        module = importlib.import_module(f"{__package__}.{mod}")
+        # an already-imported module does not run its decorators again: re-add what it registered
+        for obj in vars(module).values():
+            if isinstance(obj, type) and "_registered_as" in obj.__dict__:
+                _REGISTRY.setdefault(obj._registered_as, obj)
 
 
 #: modules under fr_bench.generators that define built-in adapters

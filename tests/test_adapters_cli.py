@@ -60,6 +60,7 @@ def fake_entry_points(tmp_path, monkeypatch):
     select = lambda group=None, **kw: [ep for ep in eps if group in (None, ep.group)]  # noqa: E731
     monkeypatch.setattr(base, "entry_points", select)
     monkeypatch.setattr(adapter_tools, "entry_points", select)
+    base.available_generators()  # register the built-ins before copying the registry
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # loading caches classes; undo after the test
 
 
