@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from . import __version__
+from .data.dataset import read_bgr
 from .errors import ConfigError, InputError
 from .io import sha256_file, write_bytes_atomic, write_json_atomic
 
@@ -40,16 +41,8 @@ ProgressFactory = Callable[[str, int], Advance]
 
 # ------------------------------------------------------------------------------------ image io
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 BGR ``H×W×3`` (grey and alpha are converted); InputError if corrupt."""
-    path = Path(path)
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        raise InputError(path, f"cannot read image ({err.strerror or err})") from None
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if img is None:
-        raise InputError(path, "corrupt or unsupported image (cannot decode)")
-    return img
+    """Decode an image file to uint8 BGR ``H×W×3`` (the detectors' input); InputError if corrupt."""
+    return read_bgr(path)
 
 
 def resize_to(img: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:

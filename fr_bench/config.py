@@ -320,6 +320,11 @@ def load_config(path: str | Path | None, model: type[BaseModel] = Config) -> Any
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    return validate(read_yaml_mapping(path, "the top level must be a mapping of sections"), model, str(path))
+
+
+def read_yaml_mapping(path: Path, not_mapping: str = "the top level must be a mapping") -> dict[str, Any]:
+    """Parse a YAML file that must hold a mapping; errors name the file (and line)."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -327,5 +332,5 @@ def load_config(path: str | Path | None, model: type[BaseModel] = Config) -> Any
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return validate(data, model, str(path))
+        raise ConfigError(f"{path}: {not_mapping}")
+    return data

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .config import TrainRecipe, validate
+from .config import TrainRecipe, read_yaml_mapping, validate
 from .errors import ConfigError
 
 #: where the presets live (repository layout; editable installs)
@@ -46,15 +46,7 @@ def resolve_recipe_path(recipe: str | Path) -> Path:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping")
-    return data
+    return read_yaml_mapping(path, "a recipe must be a mapping")
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

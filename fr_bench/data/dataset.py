@@ -183,8 +183,8 @@ def select(ds: ImageFolderDataset, identities: Optional[int] = None, per_identit
 
 
 # --------------------------------------------------------------------------------------- decoding
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode one image file to uint8 RGB ``H×W×3`` (grey and alpha converted); InputError if unreadable."""
+def read_bgr(path: str | Path) -> np.ndarray:
+    """Decode one image file to uint8 BGR ``H×W×3`` (grey and alpha converted); InputError if unreadable."""
     path = Path(path)
     try:
         buf = np.fromfile(path, dtype=np.uint8)
@@ -192,8 +192,13 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise InputError(path, f"cannot read image ({err.strerror or err})") from None
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None:
-        raise InputError(path, "unreadable image (corrupt or not PNG/JPEG)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        raise InputError(path, "unreadable image (corrupt or unsupported format: cannot decode)")
+    return img
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode one image file to uint8 RGB ``H×W×3``; InputError if unreadable."""
+    return cv2.cvtColor(read_bgr(path), cv2.COLOR_BGR2RGB)
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
