@@ -103,7 +103,7 @@ def _import_builtins() -> None:
 
 
 #: modules under fr_bench.generators that define built-in adapters
-BUILTIN_MODULES: list[str] = ["idiff_face", "arc2face", "fused_attention"]
+BUILTIN_MODULES: list[str] = ["idiff_face", "arc2face", "fused_attention", "uiface"]
 
 
 def sample_seed(run_seed: int, identity: int, sample: int) -> int:

@@ -12,6 +12,11 @@ What differs from the reference is only how the same maths is executed:
 * the context path (``context_emb`` → per block ``c_proj_in`` → ``c_norm`` → cross-attention K/V) does not
   depend on x or t, so :meth:`ConditionalUNet.encode_context` computes it once per batch and the
   sampler reuses it at every step; the numbers are the ones the reference recomputes each step.
+
+Every :class:`MultiHeadAttention` hands its q, k, v (heads split) to a swappable *processor* object,
+diffusers style (:meth:`ConditionalUNet.set_attn_processor`); the default
+(:class:`~fr_bench.generators.attention.AttnProcessor`) is the fused kernel above, and samplers that
+must read or rewrite attention (UIFace) install their own (``generators/attention.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fr_bench.errors import InputError
+
+from .attention import DEFAULT_PROCESSOR, AttnProcessor
 
 # ------------------------------------------------------------------------------------------ config
 
@@ -48,6 +55,7 @@ class UNetConfig:
     context_channels: int = 256
     learn_empty_context: bool = False
     context_dropout_probability: float = 0.25  # CPD: train-time only, a no-op when sampling
+    unconditioned_probability: float = 0.0  # UIFace: train-time empty-context rate, a no-op when sampling
 
     @classmethod
     def from_mapping(cls, cfg: dict[str, Any], source: str | Path) -> "UNetConfig":
@@ -148,6 +156,7 @@ class MultiHeadAttention(nn.Module):
         self.to_k = nn.Conv1d(kv_ch, inner, 1)
         self.to_v = nn.Conv1d(kv_ch, inner, 1)
         self.proj_out = nn.Conv1d(inner, in_ch, 1)
+        self.processor: AttnProcessor = DEFAULT_PROCESSOR  # (attn, q, k, v) -> heads output
 
     def _heads(self, y: torch.Tensor) -> torch.Tensor:
         b, _, n = y.shape  # (B, h·d, L) -> (B, h, L, d)
@@ -159,7 +168,7 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         q = self._heads(self.to_q(x))
         k, v = self.key_value(x) if kv is None else kv
-        a = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d) == (d^-1/4)^2 of the reference
+        a = self.processor(self, q, k, v)  # default: fused SDPA, scale 1/sqrt(d) == (d^-1/4)^2 of the reference
         b, h, n, d = a.shape
         return self.proj_out(a.transpose(-1, -2).reshape(b, h * d, n))
 
@@ -291,6 +300,29 @@ class ConditionalUNet(nn.Module):
         self._attn_blocks = [m.attn for m in self.down if isinstance(m, LevelBlock) and m.has_attention]
         self._attn_blocks.append(self.middle.attn)
         self._attn_blocks += [m.attn for m in self.up if isinstance(m, LevelBlock) and m.has_attention]
+
+    # ------------------------------------------------------------------ attention processors
+    def attention_modules(self) -> dict[str, MultiHeadAttention]:
+        """Every attention module by its module path (``down.3.attn.self_attention`` …), in forward order."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, MultiHeadAttention)}
+
+    @property
+    def attn_processors(self) -> dict[str, AttnProcessor]:
+        """The processor each attention module uses, by module path."""
+        return {name: m.processor for name, m in self.attention_modules().items()}
+
+    def set_attn_processor(self, processor: AttnProcessor | dict[str, AttnProcessor]) -> None:
+        """Install one processor everywhere, or one per module path (every path must be given)."""
+        mods = self.attention_modules()
+        if isinstance(processor, dict):
+            if set(processor) != set(mods):
+                missing, extra = sorted(set(mods) - set(processor)), sorted(set(processor) - set(mods))
+                raise ValueError(f"attention processors: missing {missing[:3]}, unknown {extra[:3]}")
+            for name, m in mods.items():
+                m.processor = processor[name]
+        else:
+            for m in mods.values():
+                m.processor = processor
 
     def embed_context(self, context: torch.Tensor | None, batch: int) -> torch.Tensor:
         """The 256-d context: ``context_emb(context)``, or the empty embedding when ``context`` is None."""
