@@ -4,6 +4,7 @@ from .base import FIVE_BENCHMARKS, Benchmark, available_benchmarks, get_benchmar
 
 # Importing the modules registers their benchmarks.
 from . import verification  # noqa: E402,F401
+from . import ijb  # noqa: E402,F401
 # <<protocol-imports>>
 
 __all__ = ["FIVE_BENCHMARKS", "Benchmark", "available_benchmarks", "get_benchmark", "register_benchmark"]
