@@ -11,6 +11,8 @@ threshold, counts, per-identity negative index), both written atomically, the JS
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import contextlib
 import pickle
 import re
@@ -148,14 +150,15 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------- sources
-class Source:
+class Source(ABC):
     """An ordered, deterministic stream of candidate identities (float64 rows, any norm)."""
 
     name: str
     finite: bool
 
-    def blocks(self, rows: int) -> Iterator[np.ndarray]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        """Yield candidate rows in blocks of at most ``rows``."""
 
     def describe(self) -> dict[str, Any]:
         return {}

@@ -53,8 +53,9 @@ class MarginHead(nn.Module):
         """Cosine between each (fp32) embedding and each class centre, clamped to [−1, 1]."""
         return F.linear(F.normalize(emb, dim=1), F.normalize(self.weight.float(), dim=1)).clamp(-1.0, 1.0)
 
-    def margin(self, cos: torch.Tensor, labels: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError  # every concrete head overrides it
+    def margin(self, cos: torch.Tensor, labels: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The target logits' margin transform; the plain (margin-free) head returns ``cos`` as is."""
+        return cos
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(emb.device.type, enabled=False):
