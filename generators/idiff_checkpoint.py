@@ -65,9 +65,14 @@ def resolve_interpolations(root: dict[str, Any]) -> dict[str, Any]:
 
 def read_hydra_config(model_dir: str | Path) -> dict[str, Any]:
     """``<model_dir>/.hydra/config.yaml`` as a plain dict with its interpolations resolved."""
-    path = Path(model_dir) / HYDRA_CONFIG
+    return read_resolved_yaml(Path(model_dir) / HYDRA_CONFIG,
+                              "model config not found (expected a released IDiff-Face model folder with .hydra/config.yaml)")
+
+
+def read_resolved_yaml(path: Path, missing: str = "model config not found") -> dict[str, Any]:
+    """A hydra-style YAML mapping with its ``${…}`` interpolations resolved; errors name the file."""
     if not path.is_file():
-        raise InputError(path, "model config not found (expected a released IDiff-Face model folder with .hydra/config.yaml)")
+        raise InputError(path, missing)
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

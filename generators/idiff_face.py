@@ -18,7 +18,7 @@ and CUDA give different images for the same seed (different generators).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from pydantic import Field
@@ -208,16 +208,7 @@ class IDiffFaceAdapter(GeneratorAdapter):
         """Latents → uint8 images, in fixed-size fp32 chunks (padded) so shapes never depend on the batch."""
         if self.decoder is None:
             return to_uint8(x)
-        size = self.options.decode_batch
-        out = []
-        with torch.autocast(self.device.type, enabled=False):
-            for i in range(0, len(x), size):
-                part = x[i : i + size]
-                m = len(part)
-                if m < size:
-                    part = torch.cat([part, part[-1:].expand(size - m, *part.shape[1:])])
-                out.append(to_uint8(self.decoder(part))[:m])
-        return torch.cat(out)
+        return decode_in_chunks(x, lambda part: to_uint8(self.decoder(part)), self.options.decode_batch, self.device)
 
 
 class GraphedCall:
@@ -274,3 +265,18 @@ class AdaptDiffAdapter(IDiffFaceAdapter):
     """IDiff-Face weights with the linearly growing negative weight w_t = w·(1 − t/T), w = 1."""
 
     Options = AdaptDiffOptions
+
+
+def decode_in_chunks(x: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], size: int,
+                     device: torch.device) -> torch.Tensor:
+    """``decode`` over fixed-size fp32 chunks, the last padded with copies of its final row and trimmed,
+    so every decoder call has the same shape whatever the batch (batch-independent bytes)."""
+    out = []
+    with torch.autocast(device.type, enabled=False):
+        for i in range(0, len(x), size):
+            part = x[i : i + size]
+            m = len(part)
+            if m < size:
+                part = torch.cat([part, part[-1:].expand(size - m, *part.shape[1:])])
+            out.append(decode(part)[:m])
+    return torch.cat(out)

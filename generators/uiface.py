@@ -31,7 +31,6 @@ from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import Field
 
 from fr_bench.config import Section, validate
@@ -39,7 +38,8 @@ from fr_bench.errors import ConfigError, InputError
 from fr_bench.io import sha256_file
 
 from .base import GeneratorAdapter, register_generator, seeded_noise
-from .idiff_checkpoint import HYDRA_CONFIG, resolve_interpolations
+from .idiff_face import decode_in_chunks
+from .idiff_checkpoint import HYDRA_CONFIG, read_resolved_yaml
 from .idiff_unet import ConditionalUNet, UNetConfig
 from .samplers import SCHEDULE_KEYS, DDIMScheduler, NoiseSchedule
 from .two_stage import VARIANTS, TwoStageSampler, TwoStageSettings, Variant
@@ -118,18 +118,7 @@ def read_unet_config(path: Path | None, folder: Path) -> tuple[UNetConfig, str]:
         source = folder / HYDRA_CONFIG
     if source is None:
         return UNetConfig.from_mapping(RELEASED_UNET, "released UIFace configuration"), "released"
-    if not source.is_file():
-        raise InputError(source, "model config not found")
-    try:
-        doc = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(source, f"invalid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(doc, dict):
-        raise InputError(source, "the top level must be a mapping")
-    try:
-        doc = resolve_interpolations(doc)
-    except (KeyError, RecursionError) as err:
-        raise InputError(source, f"unresolvable interpolation ({err})") from None
+    doc = read_resolved_yaml(source)
     model = doc.get("model", doc)
     if not isinstance(model, dict):
         raise InputError(source, "'model' must be a mapping of ConditionalUNet arguments")
@@ -293,13 +282,5 @@ class UIFaceAdapter(GeneratorAdapter):
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents → uint8 images in fixed-size fp32 chunks (padded), so shapes never depend on the batch."""
         assert self.decoder is not None
-        size, resize = self.options.decode_batch, self.options.output == "resize"
-        out = []
-        with torch.autocast(self.device.type, enabled=False):
-            for i in range(0, len(x), size):
-                part = x[i : i + size]
-                m = len(part)
-                if m < size:
-                    part = torch.cat([part, part[-1:].expand(size - m, *part.shape[1:])])
-                out.append(to_uint8_112(self.decoder(part), resize)[:m])
-        return torch.cat(out)
+        resize = self.options.output == "resize"
+        return decode_in_chunks(x, lambda part: to_uint8_112(self.decoder(part), resize), self.options.decode_batch, self.device)
