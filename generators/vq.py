@@ -308,18 +308,15 @@ def find_first_stage(search: list[Path]) -> tuple[Path, VQConfig]:
 
 
 def load_vq_decoder(folder: str | Path, cfg: VQConfig | None = None) -> VQDecoder:
-    folder = Path(folder)
-    cfg = cfg or (VQConfig.from_yaml(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else VQConfig())
-    model = VQDecoder(cfg)
-    path = folder / DECODER_FILE
-    strict_load(model, read_state_dict(path), path, "VQ first-stage decoder")
-    return model.eval()
+    return _load_first_stage(VQDecoder, Path(folder), DECODER_FILE, "VQ first-stage decoder", cfg)
 
 
 def load_vq_encoder(folder: str | Path, cfg: VQConfig | None = None) -> VQEncoder:
-    folder = Path(folder)
+    return _load_first_stage(VQEncoder, Path(folder), ENCODER_FILE, "VQ first-stage encoder", cfg)
+
+
+def _load_first_stage(cls: Any, folder: Path, filename: str, what: str, cfg: VQConfig | None) -> Any:
     cfg = cfg or (VQConfig.from_yaml(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else VQConfig())
-    model = VQEncoder(cfg)
-    path = folder / ENCODER_FILE
-    strict_load(model, read_state_dict(path), path, "VQ first-stage encoder")
+    model = cls(cfg)
+    strict_load(model, read_state_dict(folder / filename), folder / filename, what)
     return model.eval()
