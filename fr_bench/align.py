@@ -11,6 +11,7 @@ file is written atomically.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import shutil
@@ -29,9 +30,21 @@ from .errors import ConfigError, InputError
 from .io import sha256_file, write_bytes_atomic, write_json_atomic
 
 ALIGNED_SIZE = 112
-FAILURE_POLICIES = ("skip", "resize", "drop-identity")
+FAILURE_POLICIES = ("skip", "resize", "resize-identity", "drop-identity")
 PICK_RULES = ("largest", "center", "score")
 DETECTOR_KINDS = ("auto", "scrfd", "retinaface")
+
+#: 5-point destination templates (left eye, right eye, nose, left / right mouth corner) for a 112×112
+#: crop. ``arcface-112`` is insightface's ``arcface_dst`` (the eval ``.bin`` files' alignment, IDiff-Face's
+#: ``createEvalDB=True``); ``negfacediff-96x112`` is the original 96-wide ArcFace template without
+#: insightface's +8 px x-shift, placed in the 112×112 canvas (NegFaceDiff/AdaptDiff ``MTCNN_alignment.py``
+#: with its default ``--evalDB 0``).
+TEMPLATES: dict[str, np.ndarray] = {
+    "arcface-112": np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], np.float32),
+    "negfacediff-96x112": np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
+                                    [33.5493, 92.3655], [62.7299, 92.2041]], np.float32),
+}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 STATE_DIR = ".frbench-align"
 
@@ -92,6 +105,9 @@ class InsightFaceDetector:
         from .models.onnx_model import _providers
 
         providers = _providers(device)
+
+        def provider_device(p: Any) -> int:  # insightface's prepare(ctx_id): < 0 switches to the CPU
+            return int(p[1].get("device_id", 0)) if isinstance(p, tuple) else -1
         self.kind, self.det_size, self.det_thresh = kind, det_size, det_thresh
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # insightface prints provider chatter
@@ -114,7 +130,7 @@ class InsightFaceDetector:
         if not model.use_kps:
             raise InputError(self.path, "detector has no landmark outputs; 5-point alignment needs a keypoint model "
                                         "(e.g. det_10g.onnx or scrfd_*_bnkps.onnx)")
-        ctx = 0 if providers[0].startswith("CUDA") else -1
+        ctx = provider_device(providers[0])
         model.prepare(ctx, input_size=(det_size, det_size), det_thresh=det_thresh)
         self.model = model
         self.name = f"{type(model).__name__.lower()}:{self.path.name}"
@@ -130,11 +146,93 @@ class InsightFaceDetector:
                 "input_size": [list(s) for s in getattr(self.model, "input_sizes", []) or []]}
 
 
+class MTCNNDetector:
+    """facenet-pytorch's MTCNN (P-, R-, O-net cascade) with the weights shipped in its wheel.
+
+    The IDiff-Face / NegFaceDiff / AdaptDiff repositories align with this detector. frbench builds the
+    three networks without their own loading (which calls a bare ``torch.load``), reads
+    ``facenet_pytorch/data/{pnet,rnet,onet}.pt`` with ``weights_only=True`` and runs the package's own
+    ``detect_face``, so boxes, scores and landmarks are the package's. Images go in as RGB, as
+    facenet-pytorch expects. facenet-pytorch's metadata pins an old torch: install it with
+    ``pip install --no-deps facenet-pytorch``.
+    """
+
+    kind = "mtcnn"
+    WEIGHTS = ("pnet.pt", "rnet.pt", "onet.pt")
+
+    def __init__(self, min_face_size: int = 20, thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+                 factor: float = 0.709, device: Optional[str] = "auto"):
+        try:
+            import facenet_pytorch
+            from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+            from facenet_pytorch.models.utils.detect_face import detect_face
+        except ImportError as err:
+            raise ConfigError(f"--detector mtcnn needs facenet-pytorch ({err}); install it with "
+                              "'pip install --no-deps facenet-pytorch' (its metadata pins an old torch)") from None
+        import torch
+
+        from .models.torch_model import resolve_device
+
+        if min_face_size < 1:
+            raise ConfigError(f"--min-face-size {min_face_size}: must be at least 1")
+        self.device = resolve_device(device)
+        data = Path(facenet_pytorch.__file__).parent / "data"
+        nets = []
+        for cls, name in zip((PNet, RNet, ONet), self.WEIGHTS):
+            path = data / name
+            if not path.is_file():
+                raise InputError(path, "MTCNN weights missing from the facenet-pytorch install; reinstall it "
+                                       "with 'pip install --no-deps --force-reinstall facenet-pytorch'")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                net = cls(pretrained=False)
+                net.load_state_dict(state)
+            except Exception as err:
+                raise InputError(path, f"unreadable MTCNN weights ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+            nets.append(net.to(self.device).eval())
+        self.pnet, self.rnet, self.onet = nets
+        self._detect_face = detect_face
+        self.min_face_size, self.thresholds, self.factor = int(min_face_size), tuple(float(t) for t in thresholds), float(factor)
+        self.weights = {name: sha256_file(data / name) for name in self.WEIGHTS}
+        self.version = getattr(facenet_pytorch, "__version__", None) or _dist_version("facenet-pytorch")
+        self.path = data
+        self.name = f"mtcnn:facenet-pytorch {self.version}"
+        # settings recorded by align (same fields as the ONNX detectors)
+        self.det_size, self.det_thresh = 0, self.thresholds[2]
+
+    def detect(self, img: np.ndarray) -> list[Face]:
+        import torch
+
+        rgb = np.ascontiguousarray(img[:, :, ::-1])
+        with torch.no_grad():
+            boxes, points = self._detect_face(rgb, self.min_face_size, self.pnet, self.rnet, self.onet,
+                                              list(self.thresholds), self.factor, self.device)
+        boxes, points = np.asarray(boxes[0]), np.asarray(points[0])
+        return [Face(np.asarray(b[:4], np.float32), float(b[4]), np.asarray(p, np.float32).reshape(5, 2))
+                for b, p in zip(boxes, points)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"detector": "mtcnn", "package": f"facenet-pytorch {self.version}", "weights_sha256": self.weights,
+                "min_face_size": self.min_face_size, "thresholds": list(self.thresholds), "factor": self.factor}
+
+
+def _dist_version(name: str) -> Optional[str]:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def load_detector(spec: str | Path, *, kind: str = "auto", det_size: int = 640, det_thresh: float = 0.5,
-                  device: Optional[str] = "auto") -> Optional[InsightFaceDetector]:
-    """``none`` → None (resize only); anything else is a path to an insightface detection ONNX."""
+                  device: Optional[str] = "auto", min_face_size: int = 20) -> Optional[InsightFaceDetector | MTCNNDetector]:
+    """``none`` → None (resize only); ``mtcnn`` → facenet-pytorch's MTCNN; anything else is a path to an
+    insightface detection ONNX."""
     if str(spec).lower() == "none":
         return None
+    if str(spec).lower() == "mtcnn":
+        return MTCNNDetector(min_face_size=min_face_size, device=device)
     return InsightFaceDetector(spec, kind, det_size, det_thresh, device)
 
 
@@ -155,13 +253,27 @@ def pick_face(faces: list[Face], rule: str, shape: tuple[int, ...]) -> Optional[
     return faces[int(np.argmin(keys))]
 
 
-def norm_crop(img: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
-    """insightface's 5-point similarity warp onto the arcface template (standard 112×112 variant)."""
-    from insightface.utils import face_align
+def norm_crop(img: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE, template: str = "arcface-112") -> np.ndarray:
+    """5-point similarity warp onto a template (:data:`TEMPLATES`), ``size×size`` output.
 
-    # insightface calls skimage's deprecated ``SimilarityTransform.estimate``; the result is unchanged
+    ``arcface-112`` is insightface's own ``norm_crop``; other templates use the same estimate (skimage
+    ``SimilarityTransform``, least squares) and ``cv2.warpAffine`` with a black border, as the
+    repositories' ``align_trans.norm_crop`` do.
+    """
+    lmk = np.asarray(landmarks, np.float32).reshape(5, 2)
+    # insightface/skimage call the deprecated ``SimilarityTransform.estimate``; the result is unchanged
     warnings.filterwarnings("ignore", message=r".*`estimate` is deprecated", category=FutureWarning)
-    return face_align.norm_crop(img, np.asarray(landmarks, np.float32).reshape(5, 2), image_size=size)
+    if template == "arcface-112":
+        from insightface.utils import face_align
+
+        return face_align.norm_crop(img, lmk, image_size=size)
+    if template not in TEMPLATES:
+        raise ConfigError(f"unknown alignment template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    from skimage import transform
+
+    tform = transform.SimilarityTransform()
+    tform.estimate(lmk, TEMPLATES[template] * (size / ALIGNED_SIZE))
+    return cv2.warpAffine(img, tform.params[0:2, :], (size, size), borderValue=0.0)
 
 
 # -------------------------------------------------------------------------------------- folders
@@ -178,6 +290,8 @@ class AlignSettings:
     pick: str = "largest"
     on_failure: str = "skip"
     size: int = ALIGNED_SIZE
+    template: str = "arcface-112"
+    min_face_size: Optional[int] = None  # MTCNN only
 
 
 @dataclass
@@ -256,10 +370,11 @@ def _load_done(out_dir: Path, settings: AlignSettings) -> dict[str, list[dict[st
 def align_folder(
     input_dir: str | Path,
     out_dir: str | Path,
-    detector: Optional[InsightFaceDetector],
+    detector: Optional[InsightFaceDetector | MTCNNDetector],
     *,
     on_failure: str = "skip",
     pick: str = "largest",
+    template: str = "arcface-112",
     workers: int = 8,
     progress: Optional[ProgressFactory] = None,
 ) -> dict[str, Any]:
@@ -272,12 +387,18 @@ def align_folder(
     src, dst = input_dir.resolve(), out_dir.resolve()
     if dst == src or src in dst.parents:
         raise ConfigError(f"--out {out_dir}: must not be the input folder or inside it")
+    if template not in TEMPLATES:
+        raise ConfigError(f"unknown alignment template {template!r}; choose one of {', '.join(TEMPLATES)}")
     identities = list_identities(input_dir)
-    settings = AlignSettings(input=str(src), on_failure=on_failure, pick=pick)
-    if detector is not None:
+    settings = AlignSettings(input=str(src), on_failure=on_failure, pick=pick, template=template)
+    if isinstance(detector, MTCNNDetector):
+        settings = AlignSettings(input=str(src), detector="mtcnn", detector_sha256=hashlib.sha256(json.dumps(detector.weights, sort_keys=True).encode()).hexdigest(),
+                                 detector_kind="mtcnn", det_size=0, det_thresh=float(detector.det_thresh), on_failure=on_failure,
+                                 pick=pick, template=template, min_face_size=detector.min_face_size)
+    elif detector is not None:
         settings = AlignSettings(input=str(src), detector=str(detector.path.resolve()), detector_sha256=sha256_file(detector.path),
                                  detector_kind=detector.kind, det_size=detector.det_size,
-                                 det_thresh=float(detector.det_thresh), on_failure=on_failure, pick=pick)
+                                 det_thresh=float(detector.det_thresh), on_failure=on_failure, pick=pick, template=template)
     done = _load_done(out_dir, settings)
     state = out_dir / STATE_DIR
     todo = [(name, files) for name, files in identities if name not in done]
@@ -297,7 +418,7 @@ def align_folder(
         if face is None:
             # the resized fallback is kept until the identity's policy is decided
             return _Row(identity, rel_src, None, "failed", "no face detected", 0, None, None, w, h, resize_to(img, settings.size))
-        crop = norm_crop(img, face.landmarks, settings.size)
+        crop = norm_crop(img, face.landmarks, settings.size, template)
         return _Row(identity, rel_src, rel_out, "aligned", "", len(faces), face.score,
                     [round(float(v), 3) for v in face.landmarks.reshape(-1)], w, h, crop)
 
@@ -314,6 +435,11 @@ def align_folder(
             for r in rows:
                 if on_failure == "drop-identity" and failed:
                     r.status, r.path, r.image = "dropped", None, None
+                    r.reason = r.reason or f"identity has {failed} image(s) without a face"
+                elif on_failure == "resize-identity" and failed:
+                    # IDiff-Face's align.py: one failed tile → the whole identity block is resized
+                    r.status, r.path = "resized", f"{name}/{Path(r.source).stem}.png"
+                    r.image = resize_to(read_image(input_dir / r.source), settings.size)
                     r.reason = r.reason or f"identity has {failed} image(s) without a face"
                 elif r.status == "failed" and on_failure == "resize":
                     r.status, r.path = "resized", f"{name}/{Path(r.source).stem}.png"
@@ -351,7 +477,7 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _summarise(input_dir: Path, out_dir: Path, settings: AlignSettings, identities: list[tuple[str, list[Path]]],
-               rows: list[dict[str, Any]], detector: Optional[InsightFaceDetector]) -> dict[str, Any]:
+               rows: list[dict[str, Any]], detector: Optional[InsightFaceDetector | MTCNNDetector]) -> dict[str, Any]:
     counts = {s: 0 for s in ("aligned", "resized", "skipped", "dropped")}
     written: set[str] = set()
     dropped: set[str] = set()
