@@ -244,19 +244,22 @@ def identities_cmd(ctx: click.Context, config_path: Path | None, source: str | N
 @cli.command("align", context_settings=CONTEXT_SETTINGS)
 @click.argument("input_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config (align/runtime sections).")
-@click.option("--detector", default=None, help="none (resize only) or an insightface detection ONNX (SCRFD/RetinaFace with keypoints).")
+@click.option("--detector", default=None, help="none (resize only), mtcnn (facenet-pytorch's, as IDiff-Face/NegFaceDiff) or an insightface detection ONNX (SCRFD/RetinaFace with keypoints).")
 @click.option("--detector-kind", type=click.Choice(["auto", "scrfd", "retinaface"]), default=None, help="How to run the ONNX (default: insightface model-zoo routing).")
 @click.option("--det-size", type=int, default=None, help="Detector input size (square; default 640; fixed-size models use theirs).")
 @click.option("--det-thresh", type=float, default=None, help="Detection score threshold (default 0.5).")
-@click.option("--pick", type=click.Choice(["largest", "center", "score"]), default=None, help="Face to align when several are found (default largest).")
-@click.option("--on-failure", type=click.Choice(["skip", "resize", "drop-identity"]), default=None, help="No face found: skip the image, resize it whole, or drop its identity (default skip).")
+@click.option("--min-face-size", type=click.IntRange(min=1), default=None, help="mtcnn: smallest face searched in pixels (default 20; IDiff-Face 1, NegFaceDiff 60).")
+@click.option("--template", type=click.Choice(["arcface-112", "negfacediff-96x112"]), default=None, help="5-point template: arcface-112 (insightface, default) or negfacediff-96x112 (un-shifted 96-wide).")
+@click.option("--pick", type=click.Choice(["largest", "center", "score"]), default=None, help="Face to align when several are found (default largest; IDiff-Face: center).")
+@click.option("--on-failure", type=click.Choice(["skip", "resize", "resize-identity", "drop-identity"]), default=None, help="No face found: skip the image, resize it whole, resize its whole identity (IDiff-Face), or drop its identity (default skip).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (same identity sub-folders, <stem>.png).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads for decode/detect/encode (default runtime.workers).")
 @click.option("--device", default=None, help="auto | cpu | cuda (ONNX Runtime provider).")
 @click.pass_context
 def align_cmd(ctx: click.Context, input_dir: Path | None, config_path: Path | None, detector: str | None,
-              detector_kind: str | None, det_size: int | None, det_thresh: float | None, pick: str | None,
-              on_failure: str | None, out: Path | None, workers: int | None, device: str | None) -> None:
+              detector_kind: str | None, det_size: int | None, det_thresh: float | None, min_face_size: int | None,
+              template: str | None, pick: str | None, on_failure: str | None, out: Path | None, workers: int | None,
+              device: str | None) -> None:
     """Align a folder of identity sub-folders to 112×112 arcface crops (5-point norm_crop)."""
     from .align import align_folder, load_detector
     from .config import load_config
@@ -272,10 +275,11 @@ def align_cmd(ctx: click.Context, input_dir: Path | None, config_path: Path | No
     if out is None:
         raise ConfigError("no output folder given: pass --out DIR (or align.out in the config)")
     det = load_detector(detector or ac.detector, kind=detector_kind or ac.detector_kind, det_size=det_size or ac.det_size,
-                        det_thresh=ac.det_thresh if det_thresh is None else det_thresh, device=device or rt.device)
+                        det_thresh=ac.det_thresh if det_thresh is None else det_thresh, device=device or rt.device,
+                        min_face_size=min_face_size or ac.min_face_size)
     policy = on_failure or ac.on_failure
     with progress_factory() as progress:
-        summary = align_folder(input_dir, out, det, on_failure=policy, pick=pick or ac.pick,
+        summary = align_folder(input_dir, out, det, on_failure=policy, pick=pick or ac.pick, template=template or ac.template,
                                workers=workers or rt.workers, progress=progress)
     img, ids = summary["images"], summary["identities"]
     table = Table(title=f"align {input_dir} → {out} ({det.name if det else 'no detector: resize only'}, on failure: {policy})")
@@ -382,6 +386,8 @@ def generate_cmd(ctx: click.Context, config_path: Path | None, generator: str | 
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decode processes for the image cache (default runtime.workers).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Image cache root (default <workdir>/cache/train-images).")
 @click.option("--strict-images", is_flag=True, default=None, help="Fail on an unreadable image instead of skipping it.")
+@click.option("--identities", "n_identities", type=click.IntRange(min=2), default=None, help="Train on the first N identity folders (sorted), e.g. 10000.")
+@click.option("--per-identity", type=click.IntRange(min=1), default=None, help="…and the first K images of each (sorted names), e.g. 50.")
 @click.option("--monitor-data-dir", type=click.Path(path_type=Path), default=None, help="Folder of .bin sets scored each epoch (logged only, never used for selection).")
 @click.option("--monitor-benchmarks", default=None, help="Comma-separated .bin names for monitoring (default: the five present).")
 @tracking_options
@@ -390,7 +396,7 @@ def train_cmd(ctx: click.Context, dataset: Path | None, recipe: str | None, conf
               epochs: int | None, batch_size: int | None, output: Path | None, resume: bool, restart: bool, device: str | None,
               dtype: str | None, compile_: bool | None, max_steps: int | None, deterministic: bool | None, seed: int | None,
               checkpoint_every: int | None, workers: int | None, cache_dir: Path | None, strict_images: bool | None,
-              monitor_data_dir: Path | None, monitor_benchmarks: str | None, tracking_uri: str | None, no_track: bool,
+              n_identities: int | None, per_identity: int | None, monitor_data_dir: Path | None, monitor_benchmarks: str | None, tracking_uri: str | None, no_track: bool,
               experiment: str | None) -> None:
     """Train the standard recognizer on DATASET (identity folders, manifest.parquet or train.rec/.idx)."""
     import os
@@ -430,6 +436,8 @@ def train_cmd(ctx: click.Context, dataset: Path | None, recipe: str | None, conf
         prefetch=tc.prefetch,
         strict_images=bool(strict_images) or tc.strict_images,
         resume="restart" if restart else ("require" if resume else "auto"),
+        identities=n_identities or tc.identities,
+        per_identity=per_identity or tc.per_identity,
         monitor_dir=monitor_data_dir or tc.monitor.data_dir,
         monitor_benchmarks=_split(monitor_benchmarks) or tc.monitor.benchmarks,
         monitor_every=tc.monitor.every_epochs,

@@ -53,7 +53,10 @@ class EvalConfig(Section):
     model: Optional[Path] = None
     data_dir: Optional[Path] = None
     benchmarks: Optional[list[str]] = None
+    groups: dict[str, list[str]] = {}  # group benchmarks: {bupt: [African.bin, Asian.bin, …]} (paths relative to data_dir)
     flip: bool = True
+    bootstrap: Optional[int] = Field(None, ge=10)  # replicates for 95% intervals of the fold means (null: off)
+    bootstrap_seed: int = 0
     output: Optional[Path] = None
 
 
@@ -79,12 +82,14 @@ class AlignConfig(Section):
     """``frbench align``: detector → 5 landmarks → norm_crop 112×112, with a failure policy."""
 
     input: Optional[Path] = None
-    detector: str = "none"  # none | path to an insightface detection ONNX
+    detector: str = "none"  # none | mtcnn | path to an insightface detection ONNX
     detector_kind: Literal["auto", "scrfd", "retinaface"] = "auto"
     det_size: int = Field(640, ge=32)
     det_thresh: float = Field(0.5, gt=0.0, lt=1.0)
+    min_face_size: int = Field(20, ge=1)  # mtcnn: smallest face searched, pixels (facenet-pytorch default 20)
+    template: Literal["arcface-112", "negfacediff-96x112"] = "arcface-112"
     pick: Literal["largest", "center", "score"] = "largest"
-    on_failure: Literal["skip", "resize", "drop-identity"] = "skip"
+    on_failure: Literal["skip", "resize", "resize-identity", "drop-identity"] = "skip"
     out: Optional[Path] = None
 
 
@@ -99,7 +104,7 @@ class TrainModelConfig(Section):
     embedding_size: int = Field(512, ge=2)
 
 
-_HEAD_KEYS = {"arcface": ("s", "m", "straight_through"), "cosface": ("s", "m"), "adaface": ("s", "m", "h", "t_alpha"), "combined": ("s", "m1", "m2", "m3")}
+_HEAD_KEYS = {"arcface": ("s", "m", "straight_through", "th_mm", "easy_margin"), "cosface": ("s", "m"), "adaface": ("s", "m", "h", "t_alpha"), "combined": ("s", "m1", "m2", "m3")}
 
 
 class TrainHeadConfig(Section):
@@ -114,13 +119,18 @@ class TrainHeadConfig(Section):
     m2: Optional[float] = None
     m3: Optional[float] = None
     straight_through: Optional[bool] = None
+    th_mm: Optional[bool] = None  # arcface: TFace's fallback t − sin(π−m)·m where θ + m > π
+    easy_margin: Optional[bool] = None  # arcface: margin only where cos θ > 0
 
     @model_validator(mode="after")
     def _keys_fit_type(self) -> "TrainHeadConfig":
         allowed = _HEAD_KEYS[self.type]
-        extra = [k for k in ("m", "h", "t_alpha", "m1", "m2", "m3", "straight_through") if getattr(self, k) is not None and k not in allowed]
+        extra = [k for k in ("m", "h", "t_alpha", "m1", "m2", "m3", "straight_through", "th_mm", "easy_margin")
+                 if getattr(self, k) is not None and k not in allowed]
         if extra:
             raise ValueError(f"'{extra[0]}' does not apply to a {self.type} head (it takes {', '.join(allowed)})")
+        if self.th_mm and self.easy_margin:
+            raise ValueError("set one ArcFace fallback: th_mm or easy_margin, not both")
         return self
 
     def params(self) -> dict[str, Any]:
@@ -137,6 +147,7 @@ class TrainOptimizerConfig(Section):
     weight_decay: float = Field(5e-4, ge=0)
     no_decay_bn: bool = False  # AdaFace: no weight decay on BatchNorm parameters
     grad_clip: Optional[float] = Field(5.0, gt=0)  # max-norm on the backbone gradients; null = off
+    clip_head: bool = False  # also clip the margin head's gradients, separately, to the same max-norm (IDiff-Face)
 
 
 class TrainScheduleConfig(Section):
@@ -206,6 +217,8 @@ class TrainConfig(Section):
     log_every: int = Field(50, ge=1)
     prefetch: int = Field(4, ge=1)
     strict_images: bool = False
+    identities: Optional[int] = Field(None, ge=2)  # the first N identities (sorted names); null: all
+    per_identity: Optional[int] = Field(None, ge=1)  # the first K images of each (sorted names); null: all
     monitor: TrainMonitorConfig = TrainMonitorConfig()
 
 

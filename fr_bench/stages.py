@@ -95,8 +95,9 @@ def run_align(ctx: StageContext) -> dict[str, Any]:
     ac = ctx.section
     src = dataset_of(ctx.inputs["generate"])
     det = None if ac.detector == "none" else load_detector(ac.detector, kind=ac.detector_kind, det_size=ac.det_size,
-                                                          det_thresh=ac.det_thresh, device=ctx.cfg.runtime.device)
-    summary = align_folder(src, ctx.out_dir / "dataset", det, on_failure=ac.on_failure, pick=ac.pick,
+                                                          det_thresh=ac.det_thresh, device=ctx.cfg.runtime.device,
+                                                          min_face_size=ac.min_face_size)
+    summary = align_folder(src, ctx.out_dir / "dataset", det, on_failure=ac.on_failure, pick=ac.pick, template=ac.template,
                            workers=ctx.cfg.runtime.workers, progress=ctx.progress)
     counts = summary.get("counts", {})
     return {"metrics": {f"align/{k}": float(v) for k, v in counts.items() if isinstance(v, (int, float))},
@@ -115,6 +116,7 @@ def run_train(ctx: StageContext) -> dict[str, Any]:
         device=tc.device or rt.device, dtype=tc.dtype, compile=tc.compile, channels_last=tc.channels_last,
         seed=ctx.cfg.seed, deterministic=tc.deterministic, checkpoint_every=tc.checkpoint_every, log_every=tc.log_every,
         workers=rt.workers, prefetch=tc.prefetch, strict_images=tc.strict_images, resume="auto",
+        identities=tc.identities, per_identity=tc.per_identity,
         monitor_dir=tc.monitor.data_dir, monitor_benchmarks=tc.monitor.benchmarks, monitor_every=tc.monitor.every_epochs,
     )
     summary = train(dataset_of(ctx.inputs["align"]), rec, opts, run=ctx.log if getattr(ctx.log, "active", False) else None,

@@ -41,7 +41,7 @@ from . import __version__
 from .augment import AugmentSpec, Packed, apply_cpu, apply_device, normalize, pack, sample_plan
 from .config import TrainRecipe
 from .data.image_cache import ImageCache, build_cache
-from .data.train_set import TrainSet, check_identities, open_train_set
+from .data.train_set import TrainSet, check_identities, first_rows, open_train_set, select
 from .errors import ConfigError, InputError
 from .io import atomic_path, write_json_atomic
 from .models.heads import MarginHead, build_head
@@ -86,6 +86,38 @@ def build_backbone(arch: str, dropout: float, num_features: int) -> nn.Module:
     return BACKBONES[key](dropout=dropout, num_features=num_features)
 
 
+class GlobalBatchDropout(nn.Module):
+    """``nn.Dropout`` whose mask is drawn for the whole global batch and sliced to this rank's rows.
+
+    Each process draws the same ``global_batch`` rows from the step-seeded RNG and keeps rows
+    ``offset … offset + local batch``, so a sample's mask depends on (seed, step, its place in the
+    global batch) and never on the number of processes. Same distribution as ``nn.Dropout``.
+    """
+
+    def __init__(self, p: float, global_batch: int, offset: int):
+        super().__init__()
+        self.p, self.global_batch, self.offset = float(p), int(global_batch), int(offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty((self.global_batch, *x.shape[1:]), device=x.device).bernoulli_(1.0 - self.p)
+        mask = keep[self.offset : self.offset + x.shape[0]] * (1.0 / (1.0 - self.p))
+        return x * mask.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, global_batch={self.global_batch}, offset={self.offset}"
+
+
+def use_global_batch_dropout(module: nn.Module, global_batch: int, offset: int) -> None:
+    """Replace every ``nn.Dropout`` inside ``module`` by :class:`GlobalBatchDropout` (no parameters change)."""
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Dropout:
+            setattr(module, name, GlobalBatchDropout(child.p, global_batch, offset))
+        else:
+            use_global_batch_dropout(child, global_batch, offset)
+
+
 class Recognizer(nn.Module):
     """Backbone + margin head in one module (one DDP wrapper syncs both)."""
 
@@ -118,6 +150,8 @@ class TrainOptions:
     prefetch: int = 4
     strict_images: bool = False
     resume: str = "auto"  # auto: continue a matching checkpoint; require: fail without one; restart: discard it
+    identities: int | None = None  # the first N identities (sorted) …
+    per_identity: int | None = None  # … × their first K images; None: all
     monitor_dir: Path | None = None
     monitor_benchmarks: list[str] | None = None
     monitor_every: int = 1
@@ -268,7 +302,8 @@ class PreparedData:
 
 def prepare_data(dataset: Path, opts: TrainOptions, dist: Dist, progress: ProgressMake | None, warn: Say) -> PreparedData:
     """Scan the dataset, build (rank 0) or open the cache, drop unreadable images, relabel classes."""
-    ts = open_train_set(dataset)
+    full = open_train_set(dataset)
+    ts = select(full, opts.identities, opts.per_identity)
     if dist.main:
         cache = build_cache(ts, opts.cache_dir, workers=opts.workers, progress=progress)
     dist.barrier()
@@ -282,6 +317,8 @@ def prepare_data(dataset: Path, opts: TrainOptions, dist: Dist, progress: Progre
         if dist.main:
             warn(f"skipped {len(bad)} unreadable image(s) in {dataset} (first: {first})")
     rows = cache.ok
+    if ts.kind == "recordio" and (opts.identities is not None or opts.per_identity is not None):
+        rows = rows[first_rows(cache.labels[rows], opts.identities, opts.per_identity)]
     classes, labels = np.unique(cache.labels[rows], return_inverse=True)
     check_identities(Path(dataset), len(classes))
     return PreparedData(ts, cache, rows, labels.astype(np.int64), len(classes), len(bad))
@@ -354,6 +391,7 @@ class Trainer:
         torch.manual_seed(_mix(opts.seed, 0xB0D))  # initial weights: a function of the seed
         m = recipe.model
         self.backbone = build_backbone(m.arch, m.dropout, m.embedding_size)
+        use_global_batch_dropout(self.backbone, recipe.batch_size, dist.rank * (recipe.batch_size // dist.world))
         self.head = build_head(recipe.head.type, m.embedding_size, num_classes, **recipe.head.params())
         self.model = Recognizer(self.backbone, self.head).to(self.device)
         self.channels_last = opts.channels_last and self.device.type == "cuda"
@@ -453,7 +491,8 @@ class Trainer:
 
     def optimize(self, x: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
         """Forward, fp32 loss, backward, (unscale, clip,) optimizer and scheduler step."""
-        torch.manual_seed(_mix(self.opts.seed, step, 0xD70, self.dist.rank))  # dropout masks
+        # dropout masks: drawn for the whole global batch from (seed, step), each rank keeps its rows
+        torch.manual_seed(_mix(self.opts.seed, step, 0xD70))
         logits = self.forward(x, labels, self.dtype)
         loss = F.cross_entropy(logits, labels)
         if self.scaler is not None:
@@ -472,9 +511,11 @@ class Trainer:
         return loss.detach()
 
     def _clip(self) -> None:
-        clip = self.recipe.optimizer.grad_clip
-        if clip:
-            nn.utils.clip_grad_norm_(self.backbone.parameters(), clip)
+        o = self.recipe.optimizer
+        if o.grad_clip:
+            nn.utils.clip_grad_norm_(self.backbone.parameters(), o.grad_clip)
+            if o.clip_head:  # IDiff-Face's train.py: a second, separate clip of the margin head
+                nn.utils.clip_grad_norm_(self.head.parameters(), o.grad_clip)
 
     @property
     def _ra_ops(self) -> int:
@@ -564,6 +605,11 @@ def train(
         torch.backends.cudnn.benchmark = saved[2]
         torch.set_rng_state(saved[3])
         if dist.world > 1 and torch.distributed.is_initialized():
+            # the trainer sits in a reference cycle (scheduler lambda → trainer): collect it, and its DDP
+            # reducer, while the process group still exists; after it, the reducer's teardown can abort
+            import gc
+
+            gc.collect()
             torch.distributed.destroy_process_group()
 
 
@@ -580,6 +626,8 @@ def _train(dataset: Path, recipe: TrainRecipe, opts: TrainOptions, dist: Dist, o
         raise InputError(dataset, f"{len(data.rows)} usable images are fewer than one batch of {recipe.batch_size}; lower --batch-size")
     trainer = Trainer(recipe, data.num_classes, len(data.rows), opts, dist)
     fp = data.train_set.fingerprint
+    if data.train_set.kind == "recordio" and (opts.identities is not None or opts.per_identity is not None):
+        fp = f"{fp}:{opts.identities}x{opts.per_identity}"
     if dist.main:
         say(f"{data.train_set.kind} dataset {dataset}: {trainer.images} images, {data.num_classes} identities; "
             f"recipe {recipe.name} ({trainer.hash}): {recipe.epochs} epochs × {trainer.steps_per_epoch} steps of {trainer.global_batch}"
@@ -725,6 +773,8 @@ def _finish(trainer: Trainer, data: PreparedData, dataset: Path, recipe: TrainRe
         "dataset_fingerprint": data.train_set.fingerprint,
         "images": trainer.images,
         "identities": data.num_classes,
+        "selection": {"identities": opts.identities, "per_identity": opts.per_identity,
+                      "rule": "first N identities (sorted names) x first K images (sorted names; RecordIO: file order)"},
         "skipped_unreadable": data.skipped,
         "recipe": recipe.name,
         "recipe_file": str(recipe_path) if recipe_path else None,

@@ -116,3 +116,49 @@ def make_rec_dataset(folder: Path, n_ids: int = 3, per_id: int = 4, seed: int = 
         recs.insert(0, (0, rec_payload([float(key), float(key + n_ids)], b"")))
     _, _, offsets = write_rec(folder, recs)
     return folder, offsets, labels
+
+
+# ------------------------------------------------------------------------------------- DDP
+class TinyNoBN(nn.Module):
+    """TinyNet without BatchNorm: its forward is per-sample, so a 2-process run must equal 1 process
+    (BatchNorm statistics are per process under DDP, as in arcface_torch)."""
+
+    def __init__(self, dropout: float = 0.0, num_features: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 4, 1), nn.PReLU(8), nn.Conv2d(8, 16, 3, 2, 1), nn.PReLU(16), nn.AvgPool2d(2))
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(16 * 7 * 7, num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.flatten(self.body(x), 1)))
+
+
+def register_tiny_nobn() -> None:
+    from fr_bench.train import register_backbone
+
+    register_backbone("tiny-nobn")(lambda dropout=0.0, num_features=512: TinyNoBN(dropout, num_features))
+
+
+def ddp_recipe() -> dict:
+    return {"model": {"arch": "tiny-nobn", "dropout": 0.3, "embedding_size": 16},
+            "head": {"type": "cosface", "s": 64.0, "m": 0.35},
+            "optimizer": {"lr": 0.1, "lr_batch_size": 8, "grad_clip": 5.0, "clip_head": True},
+            "augment": {"flip": True, "randaugment": {"num_ops": 2, "magnitude": 9}},
+            "epochs": 2, "batch_size": 8}
+
+
+def ddp_worker(rank: int, world: int, port: int, dataset: str, output: str, cache: str) -> None:
+    """One torchrun-like process: environment as torchrun sets it, then frbench's trainer."""
+    import faulthandler
+    import os
+
+    faulthandler.enable()  # a crash in a child shows its Python stack in the test log
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world),
+                       "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    register_tiny_nobn()
+    from fr_bench.config import TrainRecipe
+    from fr_bench.train import TrainOptions, train
+
+    opts = TrainOptions(output=Path(output), cache_dir=Path(cache), device="cpu", seed=5, workers=1, deterministic=True)
+    train(dataset, TrainRecipe.model_validate(ddp_recipe()), opts, say=lambda m: None, warn=lambda m: None)

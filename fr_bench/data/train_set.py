@@ -72,6 +72,37 @@ def open_train_set(path: str | Path) -> TrainSet:
     raise InputError(path, "not a dataset: expected a folder of identity sub-folders, a manifest.parquet or train.rec/train.idx")
 
 
+def first_rows(labels: np.ndarray, identities: int | None, per_identity: int | None) -> np.ndarray:
+    """Indices of the items of the first ``identities`` classes (class order = sorted identity names)
+    and, within each, of its first ``per_identity`` items in dataset order; None means all."""
+    labels = np.asarray(labels)
+    keep = np.ones(len(labels), bool)
+    if identities is not None:
+        classes = np.unique(labels)[:identities]
+        keep &= np.isin(labels, classes)
+    if per_identity is not None:
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+        rank = np.empty(len(labels), np.int64)
+        rank[order] = np.arange(len(labels)) - starts
+        keep &= rank < per_identity
+    return np.flatnonzero(keep)
+
+
+def select(ts: TrainSet, identities: int | None, per_identity: int | None) -> TrainSet:
+    """The first N identities × first K images of a folder or manifest set, as a set of its own
+    (own fingerprint, so its cache holds only the selected images). RecordIO labels are only known
+    once decoded: the trainer selects those rows from the cache instead."""
+    if (identities is None and per_identity is None) or ts.kind == "recordio":
+        return ts
+    rows = first_rows(ts.labels, identities, per_identity)
+    classes, labels = np.unique(ts.labels[rows], return_inverse=True)
+    fp = _digest([ts.fingerprint, f"identities={identities}", f"per_identity={per_identity}"])
+    return TrainSet(ts.kind, ts.root, fp, paths=[ts.paths[i] for i in rows], labels=labels.astype(np.int64),
+                    identities=[ts.identities[c] for c in classes], empty_identities=ts.empty_identities)
+
+
 def check_identities(path: Path, n_identities: int, what: str = "identities") -> None:
     if n_identities < 2:
         raise InputError(path, f"dataset has {n_identities} {what} with usable images; a recognizer needs at least 2 (one sub-folder per identity)")

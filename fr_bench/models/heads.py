@@ -11,7 +11,10 @@ Formulas (θ = arccos of the target cosine; non-target logits are s·cos θ_j):
 * CosFace (s, m): s·(cos θ − m).
 * ArcFace (s, m): s·cos(θ + m). ``straight_through=True`` reproduces arcface_torch, which applies the
   margin inside ``torch.no_grad()`` so the backward pass treats it as the identity (∂logit/∂cos = s);
-  the default is the textbook gradient (IDiff-Face's ArcFace).
+  the default is the textbook gradient (IDiff-Face's ArcFace). cos(θ + m) stops decreasing once
+  θ + m > π; two fallbacks from the original ArcFace code keep the target logit monotone there:
+  ``th_mm=True`` (TFace's default, insightface's ``easy_margin=False``) uses cos θ − sin(π − m)·m
+  whenever cos θ ≤ cos(π − m), and ``easy_margin=True`` applies the margin only where cos θ > 0.
 * Combined (s, m1, m2, m3): s·(cos(m1·θ + m2) − m3) — insightface's combined margin; (1, 0.5, 0) is
   ArcFace, (1, 0, 0.35) CosFace.
 * AdaFace (s, m, h, t_alpha): the feature norm ‖z‖ (clipped to [0.001, 100], detached) is
@@ -105,19 +108,36 @@ class CombinedMargin(MarginHead):
 
 
 class ArcFace(CombinedMargin):
-    """Additive angular margin; ``straight_through`` = arcface_torch's identity-gradient margin."""
+    """Additive angular margin; ``straight_through`` = arcface_torch's identity-gradient margin;
+    ``th_mm`` / ``easy_margin`` = the original code's fallbacks where θ + m would pass π."""
 
-    def __init__(self, dim: int, num_classes: int, s: float = 64.0, m: float = 0.5, straight_through: bool = False):
+    def __init__(self, dim: int, num_classes: int, s: float = 64.0, m: float = 0.5, straight_through: bool = False,
+                 th_mm: bool = False, easy_margin: bool = False):
         super().__init__(dim, num_classes, s, 1.0, m, 0.0)
+        if th_mm and easy_margin:
+            raise ValueError("ArcFace takes one fallback: th_mm or easy_margin, not both")
         self.m = float(m)
         self.straight_through = bool(straight_through)
+        self.th_mm, self.easy_margin = bool(th_mm), bool(easy_margin)
+        self.th = math.cos(math.pi - self.m)
+        self.mm = math.sin(math.pi - self.m) * self.m
 
     def target_logit(self, t: torch.Tensor) -> torch.Tensor:
-        if not self.straight_through:
-            return super().target_logit(t)
-        with torch.no_grad():
-            shifted = torch.cos(torch.acos(t) + self.m)
-        return t + (shifted - t.detach())  # value cos(θ+m), gradient of t
+        if self.straight_through:
+            with torch.no_grad():
+                shifted = torch.cos(torch.acos(t) + self.m)
+            out = t + (shifted - t.detach())  # value cos(θ+m), gradient of t
+        else:
+            out = super().target_logit(t)
+        if self.easy_margin:
+            return torch.where(t > 0, out, t)
+        if self.th_mm:
+            return torch.where(t > self.th, out, t - self.mm)
+        return out
+
+    def extra_repr(self) -> str:
+        flags = "".join(f", {k}=True" for k in ("straight_through", "th_mm", "easy_margin") if getattr(self, k))
+        return f"{super().extra_repr()}, m={self.m}{flags}"
 
 
 class AdaFace(MarginHead):
@@ -156,7 +176,7 @@ HEADS: dict[str, type[MarginHead]] = {"arcface": ArcFace, "cosface": CosFace, "a
 
 #: recipe keys each head takes (besides ``type``)
 HEAD_PARAMS: dict[str, tuple[str, ...]] = {
-    "arcface": ("s", "m", "straight_through"),
+    "arcface": ("s", "m", "straight_through", "th_mm", "easy_margin"),
     "cosface": ("s", "m"),
     "adaface": ("s", "m", "h", "t_alpha"),
     "combined": ("s", "m1", "m2", "m3"),

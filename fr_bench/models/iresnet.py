@@ -89,10 +89,11 @@ class IResNet(nn.Module):
         if self.fp16 and x.is_cuda:
             with torch.autocast("cuda", dtype=torch.float16):
                 x = self.dropout(self.forward_trunk(x))
-            x = x.float()  # the reference keeps the final fc in fp32
         else:
             x = self.dropout(self.forward_trunk(x))
-        return self.features(self.fc(x))
+        # arcface_torch keeps the final fc (and the BN1d after it) in fp32, also under a caller's autocast
+        with torch.autocast(x.device.type, enabled=False):
+            return self.features(self.fc(x.float()))
 
 
 def iresnet(arch: str, dropout: float = 0.0, num_features: int = 512, fp16: bool = False) -> IResNet:

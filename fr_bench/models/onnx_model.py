@@ -17,13 +17,43 @@ from ..embed import INPUT_SIZE, Embedder
 from ..errors import InputError
 
 
-def _providers(device: str | None) -> list[str]:
+def _providers(device: str | None) -> list:
+    """onnxruntime providers for ``device``: ``cpu``; ``cuda`` / ``cuda:N`` (that GPU, via ``device_id``;
+    a ConfigError when onnxruntime has no CUDA provider or no such GPU); ``auto`` (GPU 0 when possible)."""
+    import re
+
     import onnxruntime as ort
 
+    from ..errors import ConfigError
+
     available = ort.get_available_providers()
-    if device in (None, "auto", "cuda") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    dev = str(device or "auto").strip().lower()
+    if dev == "cpu":
+        return ["CPUExecutionProvider"]
+    has_cuda = "CUDAExecutionProvider" in available
+    if dev == "auto":
+        return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] if has_cuda else ["CPUExecutionProvider"]
+    m = re.fullmatch(r"cuda(?::(\d+))?", dev)
+    if m is None:
+        raise ConfigError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if not has_cuda:
+        raise ConfigError(f"--device {device}: onnxruntime here has no CUDAExecutionProvider (it has {', '.join(available)}); "
+                          "install onnxruntime-gpu or pass --device cpu")
+    index = int(m.group(1) or 0)
+    count = _cuda_count()
+    if count is not None and index >= count:
+        raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s)")
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+def _cuda_count() -> int | None:
+    """Visible CUDA devices as torch counts them; None when torch cannot tell (no CUDA build)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # pragma: no cover - a broken torch install: let onnxruntime decide
+        return None
 
 
 class OnnxEmbedder(Embedder):
@@ -33,10 +63,11 @@ class OnnxEmbedder(Embedder):
             from insightface.model_zoo import model_zoo
         except ImportError as err:  # pragma: no cover - insightface is a hard dependency
             raise InputError(self.path, f"cannot load ONNX models: {err}") from err
+        providers = _providers(device)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the router prints provider chatter
                 # the router directly: no suffix rules, no model-pack lookup, never a download
-                routed = model_zoo.ModelRouter(str(self.path)).get_model(providers=_providers(device))
+                routed = model_zoo.ModelRouter(str(self.path)).get_model(providers=providers)
         except Exception as err:
             raise InputError(self.path, f"not a readable ONNX model ({type(err).__name__}: {_first_line(err)})") from err
         if routed is None or type(routed).__name__ != "ArcFaceONNX":

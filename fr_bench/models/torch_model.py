@@ -13,10 +13,21 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``auto``/None picks CUDA when present; anything else is passed to ``torch.device``."""
+    """``auto``/None picks CUDA when present; ``cpu``, ``cuda``, ``cuda:N`` are checked against this machine."""
+    from ..errors import ConfigError
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine (pass --device cpu)")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 class TorchEmbedder(Embedder):
