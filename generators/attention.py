@@ -54,14 +54,15 @@ def attention_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (q.float() * s) @ (k.float() * s).transpose(-1, -2)
 
 
-def logit_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-query mean and (unbiased, as ``torch.std``) standard deviation over the key axis."""
-    return logits.mean(dim=-1, keepdim=True), logits.std(dim=-1, keepdim=True)
+def logit_stats(logits: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased, as ``torch.std``) standard deviation along ``dim``: -1 = per query over the
+    keys (the released code), -2 = per key over the spatial queries (the paper's Eq. 6)."""
+    return logits.mean(dim=dim, keepdim=True), logits.std(dim=dim, keepdim=True)
 
 
-def renormalize(source: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Standardise ``source`` per query over the keys, then give it ``mean`` and ``std``."""
-    mu, sigma = logit_stats(source)
+def renormalize(source: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Standardise ``source`` along ``dim`` (see :func:`logit_stats`), then give it ``mean`` and ``std``."""
+    mu, sigma = logit_stats(source, dim)
     # a constant row (σ = 0) stays constant instead of becoming NaN; its softmax is uniform either way
     return (source - mu) / sigma.clamp_min(torch.finfo(sigma.dtype).tiny) * std + mean
 
@@ -70,18 +71,22 @@ def inject_cross_logits(cond: torch.Tensor, empty: torch.Tensor | None = None, *
                         blend: float = 0.5, empty_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """UIFace's cross-attention injection on logits ``[…, Lq, Lk]`` of the conditional and empty passes.
 
-    * ``paper`` (Eq. 7 as DESIGN §5 reads it): the empty-context map, renormalised per query to the
-      conditional map's mean and std — (A_e − μ_e)/σ_e · σ_c + μ_c.
-    * ``released`` (``nn.py::qkv_attention``, ``negative=True``): the conditional map, renormalised per
-      query to ``blend``·(empty stats) + (1 − ``blend``)·(conditional stats); the code hard-codes 0.5.
+    * ``paper`` (Eq. 6–7): the empty-context map, standardised with its own mean and std "along the
+      spatial dimensions" — per head and context token, over the image positions (queries) — and given
+      the conditional map's: (A_e − μ_e)/σ_e · σ_c + μ_c. Applied to the pre-softmax logits, like the
+      released code, so each query's weights stay a softmax over the context tokens.
+    * ``released`` (``nn.py::qkv_attention``, ``negative=True``): the *conditional* map, renormalised per
+      query over the context tokens to ``blend``·(empty stats) + (1 − ``blend``)·(conditional stats);
+      the code hard-codes 0.5.
 
     ``empty_stats`` (mean, std) may replace ``empty`` in ``released`` mode.
     """
-    mu_c, sd_c = logit_stats(cond)
     if mode == "paper":
         if empty is None:
             raise ValueError("paper-mode cross-attention injection needs the empty pass's logits")
-        return renormalize(empty, mu_c, sd_c)
+        mu_c, sd_c = logit_stats(cond, -2)
+        return renormalize(empty, mu_c, sd_c, -2)
+    mu_c, sd_c = logit_stats(cond)
     if mode == "released":
         mu_e, sd_e = empty_stats if empty_stats is not None else logit_stats(empty)  # type: ignore[arg-type]
         return renormalize(cond, blend * mu_e + (1 - blend) * mu_c, blend * sd_e + (1 - blend) * sd_c)

@@ -33,8 +33,9 @@ from _idiff_reference import TINY_MODEL, TINY_VQ, RefConditionalUNet, RefDDPM, R
 def ref_attention(mha, x, c=None, src=None, negative=False, blend=0.5, paper=False):
     """One MultiHeadAttention call; returns (output, this call's own pre-softmax logits).
 
-    ``paper=True`` swaps the released cross-attention rule for frbench's reading of the paper's Eq. 7:
-    the source (empty-pass) logits standardised and given this call's own mean and std.
+    ``paper=True`` swaps the released cross-attention rule for the paper's Eq. 6–7: the source
+    (empty-pass) logits standardised along the spatial axis (per token) and given this call's own
+    spatial mean and std.
     """
     c = x if c is None else c
     q, k, v = mha.to_q(x), mha.to_k(c), mha.to_v(c)
@@ -49,8 +50,8 @@ def ref_attention(mha, x, c=None, src=None, negative=False, blend=0.5, paper=Fal
     if src is None:
         logits = own
     elif negative and paper:
-        logits = (src - src.mean(dim=2, keepdim=True)) / src.std(dim=2, keepdim=True) * own.std(dim=2, keepdim=True) \
-            + own.mean(dim=2, keepdim=True)
+        logits = (src - src.mean(dim=1, keepdim=True)) / src.std(dim=1, keepdim=True) * own.std(dim=1, keepdim=True) \
+            + own.mean(dim=1, keepdim=True)
     elif negative:  # cross-attention: standardise own logits, give them blended statistics
         mean, std = own.mean(dim=2, keepdim=True), own.std(dim=2, keepdim=True)
         t_mean = blend * src.mean(dim=2, keepdim=True) + (1 - blend) * mean

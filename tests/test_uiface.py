@@ -189,8 +189,9 @@ def test_cross_injection_formula_on_hand_made_maps():
     cond = torch.tensor([[[1.0, 2.0, 3.0, 6.0]]])  # one query, four keys: mean 3, unbiased std √(14/3)
     empty = torch.tensor([[[0.0, 4.0, 0.0, 0.0]]])  # mean 1, unbiased std 2
     sd_c, sd_e = (14 / 3) ** 0.5, 2.0
-    paper = inject_cross_logits(cond, empty, mode="paper")  # the empty map with the conditional mean/std
-    torch.testing.assert_close(paper, (empty - 1.0) / sd_e * sd_c + 3.0)
+    # paper Eq. 6-7: statistics along the spatial axis (queries), per key: transpose the same numbers
+    paper = inject_cross_logits(cond.transpose(-1, -2), empty.transpose(-1, -2), mode="paper")
+    torch.testing.assert_close(paper, ((empty - 1.0) / sd_e * sd_c + 3.0).transpose(-1, -2))
     released = inject_cross_logits(cond, empty, mode="released", blend=0.5)
     torch.testing.assert_close(released, (cond - 3.0) / sd_c * (0.5 * sd_e + 0.5 * sd_c) + (0.5 * 1.0 + 0.5 * 3.0))
     full = inject_cross_logits(cond, empty, mode="released", blend=1.0)
@@ -198,8 +199,8 @@ def test_cross_injection_formula_on_hand_made_maps():
     torch.testing.assert_close(inject_cross_logits(cond, empty, mode="released", blend=0.0), cond)
     stats = (empty.mean(-1, keepdim=True), empty.std(-1, keepdim=True))
     torch.testing.assert_close(inject_cross_logits(cond, None, mode="released", empty_stats=stats), released)
-    flat = torch.ones(1, 1, 4)  # a constant row stays finite (and its softmax uniform)
-    assert torch.isfinite(inject_cross_logits(cond, flat, mode="paper")).all()
+    flat = torch.ones(1, 4, 1)  # a constant map stays finite
+    assert torch.isfinite(inject_cross_logits(cond.transpose(-1, -2), flat, mode="paper")).all()
 
 
 def test_injection_processors_attend_as_eq6_and_eq7():
@@ -216,7 +217,8 @@ def test_injection_processors_attend_as_eq6_and_eq7():
     torch.testing.assert_close(got_self, torch.softmax(q_e @ k_e.transpose(-1, -2) / 32 ** 0.5, -1) @ v_c)
     got_cross = RenormCross(store, "c", mode="paper", blend=0.5)(attn, q_c, kx_c, vx_c)
     a_e, a_c = q_e @ kx_e.transpose(-1, -2) / 32 ** 0.5, q_c @ kx_c.transpose(-1, -2) / 32 ** 0.5
-    want = (a_e - a_e.mean(-1, keepdim=True)) / a_e.std(-1, keepdim=True) * a_c.std(-1, keepdim=True) + a_c.mean(-1, keepdim=True)
+    # Eq. 6: statistics along the spatial axis (the 16 queries), per head and context token
+    want = (a_e - a_e.mean(-2, keepdim=True)) / a_e.std(-2, keepdim=True) * a_c.std(-2, keepdim=True) + a_c.mean(-2, keepdim=True)
     torch.testing.assert_close(got_cross, torch.softmax(want, -1) @ vx_c, rtol=1e-4, atol=1e-5)
     assert store.switch_map().shape == (2, 8, 8)
 
