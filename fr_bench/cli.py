@@ -69,6 +69,13 @@ def tracking_options(fn: Any) -> Any:
     return fn
 
 
+def _validated(section: Any, update: dict[str, Any]) -> Any:
+    """``section`` with command-line values applied and validated like the config file's."""
+    from .config import validate
+
+    return validate({**section.model_dump(exclude_unset=True), **update}, type(section), "command line")
+
+
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -96,12 +103,14 @@ def _make_tracker(ctx: click.Context, cfg: Any, tracking_uri: str | None, no_tra
 @click.option("--no-flip", is_flag=True, help="Embed originals only (the reference sums original+mirror).")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="Autocast dtype for torch models.")
+@click.option("--group", "group_specs", multiple=True, metavar="NAME=A.bin,B.bin,…", help="Declare a group benchmark (one .bin per demographic group; repeatable), e.g. bupt=African.bin,Asian.bin,….")
+@click.option("--bootstrap", type=click.IntRange(min=10), default=None, help="95%% interval of each 10-fold mean from N fold resamples.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the results JSON here.")
 @tracking_options
 @click.pass_context
 def eval_cmd(ctx: click.Context, config_path: Path | None, model: Path | None, data_dir: Path | None, benchmarks: str | None,
-             batch_size: int | None, no_flip: bool, device: str | None, dtype: str | None, output: Path | None,
-             tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
+             batch_size: int | None, no_flip: bool, device: str | None, dtype: str | None, group_specs: tuple[str, ...],
+             bootstrap: int | None, output: Path | None, tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
     """Score an FR model on LFW, CFP-FP, CPLFW, AgeDB-30, CALFW (10-fold) and IJB-B/C."""
     from .config import load_config
     from .errors import ConfigError
@@ -123,7 +132,14 @@ def eval_cmd(ctx: click.Context, config_path: Path | None, model: Path | None, d
     output = output or ev.output
     batch_size = batch_size or rt.batch_size
 
-    selection = select_benchmarks(data_dir, names)
+    groups = dict(ev.groups)
+    for spec in group_specs:
+        gname, sep, files = spec.partition("=")
+        if not sep or not gname.strip() or not files.strip():
+            raise ConfigError(f"--group {spec}: expected NAME=FILE1.bin,FILE2.bin,…")
+        groups[gname.strip()] = _split(files) or []
+    bootstrap = bootstrap or ev.bootstrap
+    selection = select_benchmarks(data_dir, names, groups)
     embedder = load_fr_model(model, device=device or rt.device, dtype=dtype or rt.dtype, batch_size=batch_size)
     if selection.absent:
         warn(f"not in {data_dir}: {', '.join(selection.absent)} (the five-benchmark average needs all five)")
@@ -133,7 +149,8 @@ def eval_cmd(ctx: click.Context, config_path: Path | None, model: Path | None, d
     with tracker.start_run(f"eval {Path(model).name}", tags={"frbench.stage": "eval"}) as run:
         with progress_factory() as progress:
             doc = run_eval(embedder, selection, flip=flip, batch_size=batch_size, progress=progress,
-                           workdir=Path(ctx.obj.get("workdir") or cfg.workdir))
+                           workdir=Path(ctx.obj.get("workdir") or cfg.workdir), bootstrap=bootstrap,
+                           bootstrap_seed=ev.bootstrap_seed)
         if output is not None:
             write_json_atomic(output, doc)
         _print_eval_table(doc)
@@ -160,10 +177,26 @@ def _print_eval_table(doc: dict[str, Any]) -> None:
         table.add_column("pairs", justify="right")
         table.add_column("threshold", justify="right")
         for name, r in verif.items():
-            table.add_row(name, f"{100 * r['accuracy']:.2f}", f"{100 * r['accuracy_std']:.2f}", str(r["pairs"]), f"{r['threshold']:.3f}")
+            ci = r.get("accuracy_ci95")
+            acc = f"{100 * r['accuracy']:.2f}" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
+            table.add_row(name, acc, f"{100 * r['accuracy_std']:.2f}", str(r["pairs"]), f"{r['threshold']:.3f}")
         if doc.get("average") is not None:
             table.add_row("[bold]Avg (5)[/bold]", f"[bold]{100 * doc['average']:.2f}[/bold]", "", "", "")
         console.print(table)
+    for name, r in doc["benchmarks"].items():
+        if "groups" in r:
+            gt = r["global_threshold"]
+            table = Table(title=f"{name}: accuracy (%) per group, 10-fold; FNMR at one threshold with FMR {100 * gt['target_fmr']:g}% over all groups")
+            for col in ("group", "accuracy", "FNMR @ global FMR 1%"):
+                table.add_column(col, justify="right" if col != "group" else "left")
+            for g, res in r["groups"].items():
+                ci = res.get("accuracy_ci95")
+                acc = f"{100 * res['accuracy']:.2f}" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
+                table.add_row(g, acc, f"{100 * gt['groups'][g]['fnmr']:.2f}")
+            table.add_row("[bold]mean / STD / SER / TO[/bold]",
+                          f"[bold]{r['mean']:.2f}[/bold] / {r['std']:.2f} / {'n/a' if r['ser'] is None else format(r['ser'], '.2f')} / "
+                          f"[bold]{r['to']:.2f}[/bold]", "")
+            console.print(table)
     for name, r in doc["benchmarks"].items():
         if "tar_at_far" in r:
             table = Table(title=f"{name.upper()} 1:1 TAR (%) at FAR — {r.get('templates', '?')} templates, {r.get('pairs', '?')} pairs")
@@ -539,7 +572,16 @@ def train_adapter_cmd(ctx: click.Context, method: str, data: Path, base: Path, o
 @click.option("--per-identity", type=click.IntRange(min=2), default=None, help="First K images of each (default 20).")
 @click.option("--lpips-identities", type=click.IntRange(min=1), default=None, help="Identities drawn (seeded) for LPIPS (default 100).")
 @click.option("--max-impostors", type=click.IntRange(min=1), default=None, help="Sample this many impostor pairs when there are more (default: exact).")
-@click.option("--seed", type=int, default=None, help="Seed of the LPIPS identity draw and impostor sampling (default 0).")
+@click.option("--seed", type=int, default=None, help="Seed of the LPIPS identity draw, impostor sampling and bootstrap (default 0).")
+@click.option("--leakage", is_flag=True, help="Identity leakage audit against the generator's training set (--training-images or --training-embeddings).")
+@click.option("--training-images", type=click.Path(path_type=Path), default=None, help="Leakage: the training set as identity folders of images.")
+@click.option("--training-embeddings", type=click.Path(path_type=Path), default=None, help="Leakage: the training set as an N×D .npy of embeddings (same FR model).")
+@click.option("--training-labels", type=click.Path(path_type=Path), default=None, help="Leakage: N identity labels (.npy) for --training-embeddings.")
+@click.option("--leakage-fmr", type=float, default=None, help="Leakage threshold calibration: FMR among distinct training identities (default 1e-4).")
+@click.option("--leakage-threshold", type=float, default=None, help="Leakage: a fixed cosine threshold instead of the calibration.")
+@click.option("--leakage-images", is_flag=True, default=None, help="Leakage: also each synthetic image's nearest training image.")
+@click.option("--leakage-top-k", type=click.IntRange(min=1), default=None, help="Leakage: closest pairs listed and shown (default 16).")
+@click.option("--bootstrap", type=click.IntRange(min=10), default=None, help="95%% intervals from N replicates resampling identities.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="FR embedding batch size.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the results JSON here.")
@@ -548,7 +590,10 @@ def train_adapter_cmd(ctx: click.Context, method: str, data: Path, base: Path, o
 def metrics_cmd(ctx: click.Context, dataset: Path | None, config_path: Path | None, fr_model: Path | None,
                 separability: bool, consistency: bool, lpips: bool, prc: bool, fid: bool, reference: Path | None,
                 identities: int | None, per_identity: int | None, lpips_identities: int | None, max_impostors: int | None,
-                seed: int | None, device: str | None, batch_size: int | None, output: Path | None,
+                seed: int | None, leakage: bool, training_images: Path | None, training_embeddings: Path | None,
+                training_labels: Path | None, leakage_fmr: float | None, leakage_threshold: float | None,
+                leakage_images: bool | None, leakage_top_k: int | None, bootstrap: int | None,
+                device: str | None, batch_size: int | None, output: Path | None,
                 tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
     """Separability, identity consistency and diversity of an image-folder DATASET (one sub-folder per identity)."""
     from .config import load_config
@@ -563,13 +608,16 @@ def metrics_cmd(ctx: click.Context, dataset: Path | None, config_path: Path | No
     if dataset is None:
         raise ConfigError("no dataset given: frbench metrics DATASET (or metrics.dataset in the config)")
     overrides = {"identities": identities, "per_identity": per_identity, "lpips_identities": lpips_identities,
-                 "max_impostors": max_impostors, "seed": seed}
-    mc = mc.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+                 "max_impostors": max_impostors, "seed": seed, "training_images": training_images,
+                 "training_embeddings": training_embeddings, "training_labels": training_labels, "leakage_fmr": leakage_fmr,
+                 "leakage_threshold": leakage_threshold, "leakage_images": leakage_images, "leakage_top_k": leakage_top_k,
+                 "bootstrap": bootstrap}
+    mc = _validated(mc, {k: v for k, v in overrides.items() if v is not None})
     output = output or mc.output
     workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
     req = MetricsRequest(
         dataset=Path(dataset), cfg=mc, fr_model=fr_model or mc.fr_model, reference=reference or mc.reference,
-        asked={"separability": separability, "consistency": consistency, "lpips": lpips, "prc": prc, "fid": fid},
+        asked={"separability": separability, "consistency": consistency, "lpips": lpips, "prc": prc, "fid": fid, "leakage": leakage},
         device=device or rt.device, dtype=rt.dtype, batch_size=batch_size or rt.batch_size, workers=rt.workers,
         workdir=workdir,
     )
@@ -590,6 +638,12 @@ def metrics_cmd(ctx: click.Context, dataset: Path | None, config_path: Path | No
         console.print(f"wrote {output}", highlight=False)
 
 
+def _ci(block: dict[str, Any], key: str, digits: int = 4) -> str:
+    """`` [lo, hi]`` when the block has a bootstrap interval for ``key``."""
+    ci = block.get(f"{key}_ci95")
+    return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if isinstance(ci, list) else ""
+
+
 def _print_metrics_table(doc: dict[str, Any]) -> None:
     from rich.console import Console
 
@@ -605,20 +659,35 @@ def _print_metrics_table(doc: dict[str, Any]) -> None:
         note_s = f"{sep['genuine_pairs']:,} genuine / {sep['impostor_pairs']:,} impostor pairs"
         if sep.get("impostor_sampling"):
             note_s += f" (sampled, seed {sep['impostor_sampling']['seed']})"
-        table.add_row("EER", f"{sep['eer']:.4f}", note_s)
+        table.add_row("EER", f"{sep['eer']:.4f}{_ci(sep, 'eer')}", note_s)
         for k, label in (("fmr100", "FMR100"), ("fmr1000", "FMR1000")):
             table.add_row(label, f"{sep[k]:.4f}", "pyeer rule: FNMR at the nearest FMR")
-            table.add_row(f"{label} strict", f"{sep[k + '_strict']:.4f}", "lowest FNMR with FMR ≤ target")
+            table.add_row(f"{label} strict", f"{sep[k + '_strict']:.4f}{_ci(sep, k + '_strict')}", "lowest FNMR with FMR ≤ target")
         table.add_row("genuine mean ± std", f"{sep['genuine_mean']:.4f} ± {sep['genuine_std']:.4f}", "cosine, population std")
         table.add_row("impostor mean ± std", f"{sep['impostor_mean']:.4f} ± {sep['impostor_std']:.4f}", "")
-        table.add_row("FDR", "n/a" if sep["fdr"] is None else f"{sep['fdr']:.3f}", "(μG−μI)²/(σG²+σI²)")
+        table.add_row("FDR", "n/a" if sep["fdr"] is None else f"{sep['fdr']:.3f}{_ci(sep, 'fdr', 3)}", "(μG−μI)²/(σG²+σI²)")
+        if sep.get("bootstrap"):
+            b = sep["bootstrap"]
+            table.add_row("[dim]95% intervals[/dim]", f"[dim]{b['replicates']} replicates[/dim]",
+                          f"[dim]identities resampled, seed {b['seed']}, {b['impostor_pairs_used']:,} impostor pairs[/dim]")
         table.add_row("d′", f"{sep['d_prime']:.3f}", "")
     con = doc.get("consistency")
     if con:
-        table.add_row("identity consistency", f"{con['mean']:.4f} ± {con['std']:.4f}", f"{con['images']:,} images vs their contexts")
+        table.add_row("identity consistency", f"{con['mean']:.4f} ± {con['std']:.4f}{_ci(con, 'mean')}", f"{con['images']:,} images vs their contexts")
     lp = doc.get("lpips")
     if lp:
-        table.add_row("intra-class LPIPS", f"{lp['mean']:.4f}", f"VGG, {lp['identities']} identities, {lp['pairs']:,} pairs")
+        table.add_row("intra-class LPIPS", f"{lp['mean']:.4f}{_ci(lp, 'mean')}", f"VGG, {lp['identities']} identities, {lp['pairs']:,} pairs")
+    lk = doc.get("leakage")
+    if lk:
+        cal = lk["calibration"]
+        how = "fixed" if cal["overridden"] else f"FMR {cal['fmr_target']:g} over {cal['impostor_pairs']:,} training pairs"
+        table.add_row("leakage: flagged identities", f"{lk['flagged']} / {lk['synthetic_identities']} ({100 * lk['flagged_share']:.2f}%)",
+                      f"nearest of {lk['training_identities']:,} training identities above cosine {lk['threshold']:.3f} ({how})")
+        table.add_row("leakage: nearest-identity cosine", f"{lk['nearest_identity_cosine']['mean']:.4f}",
+                      f"max {lk['nearest_identity_cosine']['max']:.4f}; pairs: {Path(lk['pairs_png']).name}")
+        if lk.get("per_image"):
+            table.add_row("leakage: nearest training image", f"{lk['per_image']['nearest_cosine_mean']:.4f}",
+                          "mean cosine of each synthetic image to its closest training image")
     pr = doc.get("prc")
     if pr:
         table.add_row("precision / recall", f"{100 * pr['precision']:.2f} / {100 * pr['recall']:.2f}",

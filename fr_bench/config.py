@@ -260,6 +260,17 @@ class MetricsConfig(Section):
     fid_extractor: FeatureExtractor = "inception-v3-compat"
     prc_layer: Optional[str] = None  # default: torch-fidelity's ('2048' for inception, 'fc2_relu' for vgg16)
     fid_layer: Optional[str] = None
+    # identity leakage audit (runs when a training set is given)
+    training_images: Optional[Path] = None  # the generator's training set: identity folders of images
+    training_embeddings: Optional[Path] = None  # or: N×D float .npy of its embeddings (same FR model) …
+    training_labels: Optional[Path] = None  # … and their N identity labels (.npy, no pickle)
+    leakage_fmr: float = Field(1e-4, gt=0.0, lt=1.0)  # calibration: share of training impostor pairs above the threshold
+    leakage_threshold: Optional[float] = Field(None, ge=-1.0, le=1.0)  # a fixed cosine instead of the calibration
+    leakage_images: bool = False  # also every synthetic image's nearest training image
+    leakage_top_k: int = Field(16, ge=1)  # closest pairs listed and shown in the grid
+    # confidence intervals by resampling identities
+    bootstrap: Optional[int] = Field(None, ge=10)  # replicates (null: off)
+    bootstrap_max_impostors: int = Field(5_000_000, ge=1000)  # impostor pairs the bootstrap uses (a uniform sample beyond)
     inception_weights: Optional[Path] = None  # default: torch hub cache weights-inception-2015-12-05-6726825d.pth
     vgg16_weights: Optional[Path] = None  # default: torch hub cache vgg16-397923af.pth
     block_mib: Optional[int] = Field(None, ge=1)  # working memory per block of the all-pairs product (default 256 CPU, 2048 CUDA)

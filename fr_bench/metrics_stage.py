@@ -31,7 +31,7 @@ from .embed import Embedder
 from .errors import ConfigError, FrBenchError, InputError
 from .io import atomic_path, sha256_file, write_json_atomic
 
-METRICS = ("separability", "consistency", "lpips", "prc", "fid")
+METRICS = ("separability", "consistency", "lpips", "prc", "fid", "leakage")
 EMBED_CHUNK = 8192  # images per resumable embedding-cache part
 CACHE_VERSION = 1
 
@@ -104,6 +104,8 @@ def plan_metrics(req: MetricsRequest, ds: ImageFolderDataset, sel: Selection, wa
             return None, e
 
     wanted = {m: (req.asked.get(m) or not explicit) for m in METRICS}
+    # the audit needs an input most runs do not have: it runs when asked or when a training set is given
+    wanted["leakage"] = bool(req.asked.get("leakage") or (wanted["leakage"] and (cfg.training_images or cfg.training_embeddings)))
     if wanted["separability"]:
         need("separability", None if req.fr_model else "no FR model (pass --fr-model PATH)")
     if wanted["consistency"]:
@@ -142,6 +144,19 @@ def plan_metrics(req: MetricsRequest, ds: ImageFolderDataset, sel: Selection, wa
         elif not explicit:
             warn(f"{metric.upper()} skipped: {err}")
         need(metric, None if path else f"{extractor} weights not found ({err.path})", err)
+    if wanted["leakage"]:
+        problem = None
+        if not req.fr_model:
+            problem = "no FR model (pass --fr-model PATH)"
+        elif cfg.training_images is None and cfg.training_embeddings is None:
+            problem = "no training set (pass --training-images DIR or --training-embeddings F.npy --training-labels F.npy)"
+        elif cfg.training_images is not None and cfg.training_embeddings is not None:
+            raise ConfigError("leakage: give the training set as images or as embeddings, not both")
+        elif cfg.training_embeddings is not None and cfg.training_labels is None:
+            raise ConfigError("--training-embeddings needs --training-labels (one identity label per row)")
+        elif cfg.training_images is not None and not Path(cfg.training_images).is_dir():
+            raise InputError(cfg.training_images, "training image folder not found")
+        need("leakage", problem)
     if ("prc" in todo or "fid" in todo) and req.reference is not None and not Path(req.reference).is_dir():
         raise InputError(req.reference, "reference folder not found")
     return todo, skipped, found
@@ -214,6 +229,50 @@ def _progress_batches(batches: Any, advance: Optional[Callable[[int], None]]) ->
             advance(len(b))
 
 
+def _training_embeddings(cfg: MetricsConfig, embedder: Embedder, model_sha: str, req: MetricsRequest,
+                         progress: Optional[ProgressFactory]) -> tuple[np.ndarray, np.ndarray, Optional[dict[str, Path]]]:
+    """The leakage audit's training side: (embeddings, identity labels, first image path per identity or None)."""
+    if cfg.training_images is not None:
+        tds = open_dataset(cfg.training_images)
+        tsel = select(tds, None, None, min_images=1)
+        if not tsel.files:
+            raise InputError(tds.root, "no images in the training image folder")
+        emb, _ = cached_embeddings(tsel, embedder, model_sha, req.dtype, Path(req.workdir) / "cache" / "embeddings",
+                                   batch_size=req.batch_size, workers=req.workers, progress=progress)
+        name_of = {i.index: i.name for i in tsel.identities}
+        labels = np.array([name_of[int(l)] for l in tsel.labels])
+        first: dict[str, Path] = {}
+        for f, n in zip(tsel.files, labels.tolist()):
+            first.setdefault(n, tsel.dataset.path(f))
+        return emb, labels, first
+    emb = _load_plain_npy(cfg.training_embeddings, "training embeddings")  # type: ignore[arg-type]
+    labels = _load_plain_npy(cfg.training_labels, "training labels")  # type: ignore[arg-type]
+    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating):
+        raise InputError(cfg.training_embeddings, f"training embeddings must be a 2-D float array, got shape {emb.shape} dtype {emb.dtype}")
+    if emb.shape[1] != embedder.dim:
+        raise InputError(cfg.training_embeddings, f"training embeddings are {emb.shape[1]}-d but the FR model {embedder.path} "
+                                                  f"gives {embedder.dim}-d; embed the training set with the same model")
+    if labels.ndim != 1 or len(labels) != len(emb):
+        raise InputError(cfg.training_labels, f"expected {len(emb)} labels (one per embedding row), got shape {labels.shape}")
+    if not np.isfinite(emb).all():
+        raise InputError(cfg.training_embeddings, "training embeddings hold non-finite values")
+    return np.asarray(emb, np.float32), labels.astype(str), None
+
+
+def _load_plain_npy(path: Path, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} file not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise InputError(path, f"{what} hold pickled objects; frbench reads plain numeric or string .npy only (unsafe pickle refused)") from None
+        raise InputError(path, f"not a readable .npy array ({str(err).splitlines()[0][:120]})") from None
+    except OSError as err:
+        raise InputError(path, f"cannot read {what} ({err})") from None
+
+
 # -------------------------------------------------------------------------------------- plots
 def _save_figure(fig: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
@@ -252,6 +311,58 @@ def consistency_figure(hist: dict[str, np.ndarray], title: str) -> Any:
     ax.set_xlabel("cosine(image embedding, conditioning identity)")
     ax.set_ylabel("images")
     ax.set_title(title, fontsize=9)
+    return fig
+
+
+def leakage_histogram(plot: dict[str, Any], title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    h = plot["impostor_hist"]
+    width = np.diff(h["edges"])
+    dens = h["counts"] / max(h["counts"].sum(), 1) / width
+    ax.stairs(dens, h["edges"], fill=True, alpha=0.4, color="tab:gray", label=f"training: distinct identities ({int(h['counts'].sum()):,} pairs)")
+    cos = plot["cos"]
+    counts, edges = np.histogram(cos, bins=h["edges"])
+    ax.stairs(counts / max(counts.sum(), 1) / width, edges, fill=True, alpha=0.5, color="tab:red",
+              label=f"synthetic → nearest training identity ({len(cos):,})")
+    ax.axvline(plot["threshold"], color="k", linestyle="--", linewidth=1, label=f"threshold {plot['threshold']:.3f}")
+    ax.set_xlabel("cosine of identity means")
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def leakage_grid(plot: dict[str, Any], synthetic_first: dict[str, Path], training_first: Optional[dict[str, Path]]) -> Any:
+    """The closest pairs, one row each: a synthetic image | a training image of its nearest identity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data.dataset import read_bgr
+
+    top = plot["top"]
+    fig, axes = plt.subplots(len(top), 2, figsize=(3.2, 1.6 * len(top)), squeeze=False)
+    for r, (si, ti) in enumerate(top):
+        s_name, t_name = str(plot["synthetic_ids"][si]), str(plot["training_ids"][ti])
+        cos = float(plot["cos"][si])
+        flag = " FLAGGED" if cos > plot["threshold"] else ""
+        for c, (name, path) in enumerate(((s_name, synthetic_first.get(s_name)),
+                                          (t_name, training_first.get(t_name) if training_first else None))):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if path is not None:
+                ax.imshow(read_bgr(path)[:, :, ::-1])
+            else:
+                ax.text(0.5, 0.5, "embeddings only", ha="center", va="center", fontsize=6)
+            ax.set_title(f"{'synthetic' if c == 0 else 'training'} {name}" + (f"\ncos {cos:.3f}{flag}" if c == 0 else ""), fontsize=6)
+    fig.tight_layout()
     return fig
 
 
@@ -294,7 +405,7 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
 
     emb = None
     embedder = None
-    if "separability" in todo or "consistency" in todo:
+    if "separability" in todo or "consistency" in todo or "leakage" in todo:
         from .models import load_fr_model
 
         t0 = time.perf_counter()
@@ -307,6 +418,7 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
             from .metrics.consistency import load_contexts
 
             contexts = load_contexts(found["contexts"], embedder.dim, embedder.path)
+        training = _training_embeddings(cfg, embedder, model_sha, req, progress) if "leakage" in todo else None
         emb, cache_info = cached_embeddings(sel, embedder, model_sha, req.dtype, Path(req.workdir) / "cache" / "embeddings",
                                             batch_size=req.batch_size, workers=req.workers, progress=progress)
         doc["fr_model"]["embedding_cache"] = cache_info
@@ -323,6 +435,22 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
                                                f"({embedder.description})"), out_dir / "separability_hist.png")
         doc["separability"]["histogram_png"] = str(png)
         artifacts.append(str(png))
+        if cfg.bootstrap:
+            from .metrics.bootstrap import bootstrap_scores, score_set
+
+            scores = score_set(emb, sel.labels, max_impostors=cfg.bootstrap_max_impostors, seed=cfg.seed)
+            adv = progress("bootstrap", cfg.bootstrap) if progress else None
+            cis = bootstrap_scores(scores, cfg.bootstrap, cfg.seed, progress=adv)
+            names = {"eer": "eer", "fmr100": "fmr100_strict", "fmr1000": "fmr1000_strict", "fdr": "fdr",
+                     "genuine_mean": "genuine_mean", "genuine_std": "genuine_std", "impostor_mean": "impostor_mean",
+                     "impostor_std": "impostor_std"}
+            for k, key in names.items():
+                doc["separability"][f"{key}_ci95"] = cis[k]
+            doc["separability"]["bootstrap"] = {
+                "replicates": cfg.bootstrap, "seed": cfg.seed, "unit": "identities (resampled with replacement)",
+                "impostor_pairs_used": int(len(scores.impostor)), "impostor_pairs_total": scores.impostor_total,
+                "impostor_sampled": scores.impostor_sampled,
+                "rule": "percentile interval; replicate EER/FMR by the strict rule (accept s >= t)"}
         timings["separability"] = time.perf_counter() - t0
 
     if "consistency" in todo:
@@ -341,6 +469,13 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
                            out_dir / "consistency_hist.png")
         doc["consistency"]["histogram_png"] = str(png)
         artifacts.append(str(png))
+        if cfg.bootstrap:
+            from .metrics.bootstrap import weighted_group_mean_interval
+
+            values = res_c.histogram["values"]  # type: ignore[index]
+            _, grp = np.unique(sel.labels[keep], return_inverse=True)
+            doc["consistency"]["mean_ci95"] = weighted_group_mean_interval(
+                np.bincount(grp, weights=values), np.bincount(grp), cfg.bootstrap, cfg.seed)
 
     if "lpips" in todo:
         from .metrics.diversity import IntraClassLPIPS, choose_identities, load_lpips_vgg
@@ -368,6 +503,12 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
         res_l.chosen = [sel.identities[i].name for i in chosen.tolist()]
         res_l.seed = cfg.seed
         doc["lpips"] = {**res_l.to_dict(), "weights": str(found["vgg16"])}
+        if cfg.bootstrap:
+            from .metrics.bootstrap import weighted_group_mean_interval
+
+            per = [v for v in metric.values if len(v)]
+            doc["lpips"]["mean_ci95"] = weighted_group_mean_interval(
+                np.array([v.sum() for v in per]), np.array([len(v) for v in per]), cfg.bootstrap, cfg.seed)
         timings["lpips"] = time.perf_counter() - t0
 
     if "prc" in todo or "fid" in todo:
@@ -396,8 +537,36 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
             doc["fid_info"] = {**res_f["fid_info"], **info}
         timings["fidelity"] = time.perf_counter() - t0
 
+    if "leakage" in todo:
+        from .metrics.leakage import leakage_audit
+
+        t0 = time.perf_counter()
+        name_of = {i.index: i.name for i in sel.identities}
+        syn_names = np.array([name_of[int(l)] for l in sel.labels])
+        t_emb, t_labels, t_paths = training  # type: ignore[misc]
+        audit = leakage_audit(emb, syn_names, t_emb, t_labels, fmr=cfg.leakage_fmr, threshold=cfg.leakage_threshold,
+                              per_image=cfg.leakage_images, top_k=cfg.leakage_top_k, device=device, progress=progress)
+        plot = audit.pop("_plot")
+        audit["training"] = {"images": str(cfg.training_images) if cfg.training_images else None,
+                             "embeddings": str(cfg.training_embeddings) if cfg.training_embeddings else None,
+                             "labels": str(cfg.training_labels) if cfg.training_labels else None,
+                             "rows": int(len(t_emb))}
+        audit["fr_model"] = embedder.description  # type: ignore[union-attr]
+        first_syn = {}
+        for f, n in zip(sel.files, syn_names.tolist()):
+            first_syn.setdefault(n, sel.dataset.path(f))
+        hist_png = _save_figure(leakage_histogram(plot, f"{ds.root.name}: nearest training identity ({embedder.description})"),  # type: ignore[union-attr]
+                                out_dir / "leakage_hist.png")
+        grid_png = _save_figure(leakage_grid(plot, first_syn, t_paths), out_dir / "leakage_pairs.png")
+        audit["histogram_png"], audit["pairs_png"] = str(hist_png), str(grid_png)
+        artifacts += [str(hist_png), str(grid_png)]
+        doc["leakage"] = audit
+        timings["leakage"] = time.perf_counter() - t0
+
     doc["not_computed"] = not_computed
     doc["settings"] = {"seed": cfg.seed, "max_impostors": cfg.max_impostors, "lpips_identities": cfg.lpips_identities,
+                       "bootstrap": cfg.bootstrap, "leakage_fmr": cfg.leakage_fmr if "leakage" in todo else None,
+                       "leakage_threshold": cfg.leakage_threshold if "leakage" in todo else None,
                        "prc_k": cfg.prc_k, "prc_extractor": cfg.prc_extractor, "fid_extractor": cfg.fid_extractor,
                        "prc_layer": cfg.prc_layer, "fid_layer": cfg.fid_layer,
                        "device": str(device)}
@@ -428,6 +597,20 @@ def tracking_metrics(doc: dict[str, Any]) -> dict[str, float]:
             out[f"prc/{k}"] = doc["prc"][k]
     if doc.get("fid") is not None:
         out["fid"] = doc["fid"]
+    if doc.get("leakage"):
+        lk = doc["leakage"]
+        out["leakage/flagged_share"] = lk["flagged_share"]
+        out["leakage/flagged"] = float(lk["flagged"])
+        out["leakage/threshold"] = lk["threshold"]
+        out["leakage/nearest_identity_cosine_mean"] = lk["nearest_identity_cosine"]["mean"]
+        if lk.get("per_image"):
+            out["leakage/nearest_image_cosine_mean"] = lk["per_image"]["nearest_cosine_mean"]
+    for section, keys in (("separability", ("eer", "fmr100_strict", "fmr1000_strict", "fdr")), ("consistency", ("mean",)), ("lpips", ("mean",))):
+        block = doc.get(section) or {}
+        for k in keys:  # interval bounds, for the leaderboard's ± column
+            ci = block.get(f"{k}_ci95")
+            if isinstance(ci, list) and all(np.isfinite(ci)):
+                out[f"{section}/{k}_ci95_lo"], out[f"{section}/{k}_ci95_hi"] = float(ci[0]), float(ci[1])
     return out
 
 

@@ -140,9 +140,10 @@ def run_eval_stage(ctx: StageContext) -> dict[str, Any]:
     if ev.data_dir is None:
         raise ConfigError("eval.data_dir: the folder of benchmark files is required for the eval stage")
     model_path = model_of(ctx.inputs["train"])  # the trained model, or inputs.model
-    selection = select_benchmarks(ev.data_dir, ev.benchmarks)
+    selection = select_benchmarks(ev.data_dir, ev.benchmarks, ev.groups)
     embedder = load_fr_model(model_path, device=rt.device, dtype=rt.dtype, batch_size=rt.batch_size)
-    doc = run_eval(embedder, selection, flip=ev.flip, batch_size=rt.batch_size, progress=ctx.progress, workdir=ctx.workdir)
+    doc = run_eval(embedder, selection, flip=ev.flip, batch_size=rt.batch_size, progress=ctx.progress, workdir=ctx.workdir,
+                   bootstrap=ev.bootstrap, bootstrap_seed=ev.bootstrap_seed)
     write_json_atomic(ctx.out_dir / "eval.json", doc)
     arts = [ctx.out_dir / "eval.json"]
     for res in doc["benchmarks"].values():

@@ -34,13 +34,30 @@ METRICS: dict[str, tuple[str, float]] = {
     "lpips": ("lpips/mean", 1.0),
     "recall": ("prc/recall", 100.0),
     "fid": ("fid", 1.0),
+    # demographic fairness (RFW, 10-fold per group): accuracy %, STD (ddof=1, points), SER, TO = mean − STD
+    "rfw_african": ("rfw/African/accuracy", 100.0),
+    "rfw_asian": ("rfw/Asian/accuracy", 100.0),
+    "rfw_caucasian": ("rfw/Caucasian/accuracy", 100.0),
+    "rfw_indian": ("rfw/Indian/accuracy", 100.0),
+    "rfw_std": ("rfw/std", 1.0),
+    "rfw_ser": ("rfw/ser", 1.0),
+    "rfw_to": ("rfw/to", 1.0),
 }
 FIVE = ["lfw", "cfp_fp", "cplfw", "agedb_30", "calfw"]
+
+#: 95% bootstrap intervals the stages log (``--bootstrap``): column → (metric key prefix); shown as ± half-width
+CI_METRICS: dict[str, str] = {
+    **{b: f"{b}/accuracy_ci95" for b in FIVE},
+    "eer": "separability/eer_ci95",
+    "fdr": "separability/fdr_ci95",
+    "lpips": "lpips/mean_ci95",
+}
 
 #: every column of a leaderboard frame, measured and published alike
 COLUMNS = [
     "source", "generator", "size", "identities", "per_identity", *METRICS,
     "run_id", "run_name", "stage", "start_time", "dedupe_key", "runs", "table", "citation", "recipe", "note",
+    *(f"ci_{c}" for c in CI_METRICS),
 ]
 
 STAGE_TAG = "frbench.stage"
@@ -104,6 +121,10 @@ def _merge(root: dict[str, Any], descendants: list[dict[str, Any]]) -> dict[str,
     for col, (key, factor) in METRICS.items():
         value = metrics.get(key)
         row[col] = None if value is None or not math.isfinite(value) else value * factor
+    for col, prefix in CI_METRICS.items():
+        lo, hi = metrics.get(f"{prefix}_lo"), metrics.get(f"{prefix}_hi")
+        if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+            row[f"ci_{col}"] = (hi - lo) / 2 * METRICS[col][1]
     if row["avg"] is None and all(row[c] is not None for c in FIVE):
         row["avg"] = sum(row[c] for c in FIVE) / len(FIVE)
     identities = _as_int(_lookup(params, tags, "identities"))

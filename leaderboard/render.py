@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .collect import METRICS
+from .collect import CI_METRICS, METRICS
 from .rank import SORT_KEYS, Leaderboard
 
 FORMATS = ("table", "markdown", "csv", "html")
@@ -34,11 +34,20 @@ _METRIC_DISPLAY: list[tuple[str, str, str]] = [
     ("lpips", "LPIPS", ".4f"),
     ("recall", "recall", ".2f"),
     ("fid", "FID", ".2f"),
+    ("rfw_african", "RFW Afr", ".2f"),
+    ("rfw_asian", "RFW Asi", ".2f"),
+    ("rfw_caucasian", "RFW Cau", ".2f"),
+    ("rfw_indian", "RFW Ind", ".2f"),
+    ("rfw_std", "RFW STD", ".2f"),
+    ("rfw_ser", "RFW SER", ".3f"),
+    ("rfw_to", "RFW TO", ".2f"),
 ]
 HEADERS = {c: h for c, h, _ in _METRIC_DISPLAY} | {"rank": "#", "generator": "generator", "size": "identities × images",
                                                    "run_id": "run id", "table": "published in"}
 UNITS = ("LFW … Avg: verification accuracy, %, 10-fold; IJB-C: TAR % at the FAR; EER as a fraction; "
-         "FDR = (μG−μI)²/(σG²+σI²); LPIPS: intra-class mean; recall: improved recall, %; FID lower is better.")
+         "FDR = (μG−μI)²/(σG²+σI²); LPIPS: intra-class mean; recall: improved recall, %; FID lower is better; "
+         "RFW: accuracy % per group, STD across groups (ddof=1), SER = max/min error, TO = mean − STD (FRCSyn); "
+         "± = half-width of a 95% bootstrap interval (--bootstrap).")
 PUBLISHED_TITLE = "Published results (the papers' numbers, not measured by frbench)"
 
 
@@ -83,7 +92,8 @@ def _cells(row: pd.Series, columns: list[str], *, short_ids: bool = False) -> li
     for col in columns:
         v = row[col]
         if col in specs:
-            out.append(_fmt_metric(v, specs[col]))
+            ci = row.get(f"ci_{col}")
+            out.append(_fmt_metric(v, specs[col]) + ("" if _missing(v) or _missing(ci) else f" ± {format(float(ci), specs[col])}"))
         elif col == "rank":
             out.append("" if _missing(v) else str(int(v)))
         elif col == "run_id":
@@ -222,7 +232,7 @@ def to_markdown(board: Leaderboard) -> str:
 
 # ----------------------------------------------------------------------------------------------- csv
 CSV_COLUMNS = ["source", "rank", "generator", "size", "identities", "per_identity", *METRICS,
-               "run_id", "run_name", "runs", "table", "citation", "note"]
+               "run_id", "run_name", "runs", "table", "citation", "note", *(f"ci_{c}" for c in CI_METRICS)]
 
 
 def to_csv(board: Leaderboard) -> str:
