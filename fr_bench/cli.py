@@ -705,8 +705,9 @@ def _print_metrics_table(doc: dict[str, Any]) -> None:
 # -------------------------------------------------------------------------------------- leaderboard
 # kept in step with fr_bench.leaderboard.rank.SORT_KEYS (a test checks); importing it here would
 # load pandas on every CLI start
-LEADERBOARD_SORTS = ("avg", "lfw", "cfp_fp", "cplfw", "agedb_30", "calfw", "ijbc", "ijbc_1e-5", "eer", "fdr",
-                     "lpips", "recall", "fid", "recent")
+LEADERBOARD_SORTS = ("avg", "borda", "to", "lfw", "cfp_fp", "cplfw", "agedb_30", "calfw", "ijbc", "ijbc_1e-5", "gap",
+                     "eer", "fdr", "lpips", "recall", "fid", "recent")
+LEADERBOARD_FORMATS = ("table", "markdown", "csv", "html", "png", "latex")
 
 
 @cli.command("leaderboard", context_settings=CONTEXT_SETTINGS)
@@ -714,23 +715,34 @@ LEADERBOARD_SORTS = ("avg", "lfw", "cfp_fp", "cplfw", "agedb_30", "calfw", "ijbc
               help="YAML config whose workdir/tracking section says where the runs are.")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the config's, else frbench).")
 @click.option("--sort", "sort", type=click.Choice(LEADERBOARD_SORTS), default="avg", show_default=True,
-              help="Metric to rank by (ijbc = TAR@FAR=1e-4; eer and fid rank lowest first).")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "html"]), default="table", show_default=True)
+              help="Ranking: a metric (ijbc = TAR@FAR=1e-4; eer and fid lowest first), borda (SDFR-style over the five "
+                   "benchmarks) or to (FRCSyn TO on RFW).")
+@click.option("--format", "fmt", type=click.Choice(LEADERBOARD_FORMATS), default="table", show_default=True,
+              help="png: the Avg-vs-images plot (needs --output); latex: a booktabs table.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write to this file instead of stdout.")
 @click.option("--published/--no-published", default=True, show_default=True,
-              help="Show the papers' numbers (a separate, marked table).")
+              help="Rank the papers' numbers with the measured runs (badged 'published').")
+@click.option("--recipe", "filter_recipe", default=None, help="Only rows whose FR recipe mentions this (e.g. AdaFace, IR-SE-50, uiface).")
+@click.option("--size", "filter_size", default=None, help="Only rows whose dataset size mentions this (e.g. 0.5M, 10k×50).")
+@click.option("--source", "filter_source", default=None, help="Only rows from this source (measured, published, demo, a paper table).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under the workdir, or $MLFLOW_TRACKING_URI).")
 @click.pass_context
 def leaderboard_cmd(ctx: click.Context, config_path: Path | None, experiment: str | None, sort: str, fmt: str,
-                    output: Path | None, published: bool, tracking_uri: str | None) -> None:
+                    output: Path | None, published: bool, filter_recipe: str | None, filter_size: str | None,
+                    filter_source: str | None, tracking_uri: str | None) -> None:
     """Rank the MLflow runs of an experiment beside the papers' published numbers."""
     from .config import load_config
-    from .io import write_bytes_atomic
+    from .errors import ConfigError
+    from .io import check_writable, write_bytes_atomic
     from .leaderboard import build_leaderboard, load_measured, load_published, measured_frame, render
     from .leaderboard.render import rich_tables
     from .tracking import missing_store, resolve_tracking_uri
 
     cfg = load_config(config_path)
+    if fmt == "png" and output is None:
+        raise ConfigError("--format png writes a picture: pass --output FILE.png")
+    if output is not None:
+        check_writable(output)
     uri = resolve_tracking_uri(ctx.obj.get("workdir") or cfg.workdir, tracking_uri or cfg.tracking.uri)
     experiment = experiment or cfg.tracking.experiment
     missing = missing_store(uri)
@@ -739,9 +751,11 @@ def leaderboard_cmd(ctx: click.Context, config_path: Path | None, experiment: st
         measured = measured_frame([])
     else:
         measured = load_measured(uri, experiment)
-    board = build_leaderboard(measured, load_published() if published else None, sort, experiment, uri)
+    board = build_leaderboard(measured, load_published() if published else None, sort, experiment, uri,
+                              recipe=filter_recipe, size=filter_size, source=filter_source)
     if output is not None:
-        write_bytes_atomic(output, render(board, fmt).encode("utf-8"))
+        body = render(board, fmt, width=400)  # a file has no terminal width: keep run ids on one line
+        write_bytes_atomic(output, body if isinstance(body, bytes) else body.encode("utf-8"))
         console.print(f"wrote {output}", highlight=False)
     elif fmt == "table":
         from rich.console import Console
@@ -829,7 +843,10 @@ def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, sta
         return
     tracker = _make_tracker(ctx, cfg, tracking_uri, no_track, experiment)
     tags = {k: v for k, v in (("generator", cfg.generate.generator if "generate" in cfg.model_fields_set else None),
-                              ("config", str(config_path))) if v}
+                              ("config", str(config_path)),
+                              # the leaderboard never ranks demo rows and measures gaps against real ones
+                              ("frbench.demo", "true" if cfg.demo else None),
+                              ("frbench.real", "true" if cfg.real else None)) if v}
 
     def done(ps: Any, summary: dict[str, Any]) -> None:
         verb = "cached" if ps.status == "cached" else "done"

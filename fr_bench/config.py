@@ -287,6 +287,7 @@ class Config(Section):
     workdir: Path = Path("frbench-work")
     seed: int = 0
     demo: bool = False  # fill missing weights/benchmarks with tiny random artefacts (configs/demo.yaml)
+    real: bool = False  # a real-data baseline (e.g. CASIA-WebFace): the leaderboard's gap to real refers to it
     inputs: InputsConfig = InputsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -50,3 +50,25 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_writable(path: str | Path, *, directory: bool = False) -> None:
+    """Fail before any work when ``path`` (a file, or a folder with ``directory``) cannot be written:
+    one :class:`~fr_bench.errors.InputError` naming it. Probes the nearest existing folder with a
+    temporary file (removed at once), so read-only mounts and pseudo file systems are caught too."""
+    from .errors import InputError
+
+    p = Path(path)
+    if p.exists() and p.is_dir() != directory:
+        raise InputError(p, "is a folder, not a file" if not directory else "is a file, not a folder")
+    anc = p if (directory and p.exists()) else p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise InputError(p, f"cannot be created: {anc} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".frbench-probe.", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(p, f"not writable ({err.strerror or type(err).__name__} in {anc})") from None

@@ -249,6 +249,7 @@ def search_runs(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> list[dict[str
             "params": dict(r.data.params),
             "metrics": dict(r.data.metrics),
             "tags": dict(r.data.tags),
+            "artifact_uri": r.info.artifact_uri,
         }
         for r in runs
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from importlib import resources
 from typing import Any, Iterable
 
@@ -42,6 +43,7 @@ METRICS: dict[str, tuple[str, float]] = {
     "rfw_std": ("rfw/std", 1.0),
     "rfw_ser": ("rfw/ser", 1.0),
     "rfw_to": ("rfw/to", 1.0),
+    "rfw_mean": ("rfw/mean", 1.0),
 }
 FIVE = ["lfw", "cfp_fp", "cplfw", "agedb_30", "calfw"]
 
@@ -58,7 +60,12 @@ COLUMNS = [
     "source", "generator", "size", "identities", "per_identity", *METRICS,
     "run_id", "run_name", "stage", "start_time", "dedupe_key", "runs", "table", "citation", "recipe", "note",
     *(f"ci_{c}" for c in CI_METRICS),
+    # one-table leaderboard: what a row is, where it comes from, how its recognizer was trained
+    "badge", "table_id", "cite", "backbone", "loss", "epochs", "images", "real", "sep_model", "hist_png",
 ]
+BADGES = ("measured", "published", "demo")
+DEMO_TAG = "frbench.demo"
+REAL_TAG = "frbench.real"
 
 STAGE_TAG = "frbench.stage"
 HASHES_TAG = "frbench.stage_hashes"
@@ -130,6 +137,20 @@ def _merge(root: dict[str, Any], descendants: list[dict[str, Any]]) -> dict[str,
     identities = _as_int(_lookup(params, tags, "identities"))
     per_identity = _as_int(_lookup(params, tags, "per_identity"))
     generator = _lookup(params, tags, "generator")
+    images = _as_int(_lookup(params, tags, "images"))
+    if images is None and identities is not None and per_identity is not None:
+        images = identities * per_identity
+    fr_model = _lookup(params, tags, "fr_model")
+    fr_sha = _lookup(params, tags, "fr_model_sha256")
+    demo = str(tags.get(DEMO_TAG, "")).lower() == "true"
+    row.update(
+        badge="demo" if demo else "measured",
+        recipe=_lookup(params, tags, "recipe"),
+        images=images,
+        real=str(tags.get(REAL_TAG, "")).lower() == "true",
+        sep_model=(f"{Path(str(fr_model)).name}" + (f" ({str(fr_sha)[:8]})" if fr_sha else "")) if fr_model and row["eer"] is not None else None,
+        hist_png=_artifact(root, descendants, "separability_hist.png"),
+    )
     row.update(
         source="measured",
         generator=generator or root.get("name") or root["run_id"][:8],
@@ -144,6 +165,20 @@ def _merge(root: dict[str, Any], descendants: list[dict[str, Any]]) -> dict[str,
         runs=1,
     )
     return row
+
+
+def _artifact(root: dict[str, Any], descendants: list[dict[str, Any]], name: str) -> str | None:
+    """A local file ``name`` logged by the root run or its most recent descendant that has it."""
+    for run in [root, *reversed(descendants)]:
+        uri = run.get("artifact_uri") or ""
+        if uri.startswith("file://"):
+            uri = uri[len("file://"):]
+        elif "://" in uri:
+            continue  # remote artifact stores are not read by the leaderboard
+        path = Path(uri) / name if uri else None
+        if path is not None and path.is_file():
+            return str(path)
+    return None
 
 
 def stage_hashes(tags: dict[str, str]) -> dict[str, str]:
@@ -222,9 +257,29 @@ def _count(n: int) -> str:
 
 # ----------------------------------------------------------------------------------------- published
 PUBLISHED_KEYS = {
-    "method", "size", "identities", "per_identity", "real", "dm_data", "note", *METRICS,
+    "method", "size", "images", "identities", "per_identity", "real", "dm_data", "note", *METRICS,
     "fmr100", "fmr1000", "genuine_mean", "genuine_std", "impostor_mean", "impostor_std",
 }
+
+
+def images_from_size(size: str | None) -> int | None:
+    """Training images from a printed size such as ``0.5M (10k×50)`` or ``12M``; None if it has none."""
+    m = re.match(r"\s*~?\s*([\d.]+)\s*([MK])\b", str(size or ""), re.IGNORECASE)
+    if not m:
+        return None
+    return int(round(float(m.group(1)) * (1e6 if m.group(2).upper() == "M" else 1e3)))
+
+
+def avg_flag(row: dict[str, Any]) -> str | None:
+    """A note when a printed Avg differs from the mean of the five printed values by more than rounding can."""
+    if row.get("avg") is None or any(row.get(b) is None for b in FIVE):
+        return None
+    mean = sum(float(row[b]) for b in FIVE) / len(FIVE)
+    # six numbers printed to 2 decimals: rounding alone moves the mean of the five and the printed Avg
+    # by up to 0.005 each, so only a difference above 0.01 is a real mismatch
+    if abs(mean - float(row["avg"])) > 0.01 + 1e-9:
+        return f"printed Avg {float(row['avg']):.2f}, but the five printed values average to {mean:.2f}"
+    return None
 
 
 def load_published() -> pd.DataFrame:
@@ -250,10 +305,15 @@ def load_published() -> pd.DataFrame:
             label = r["method"] + (" (real)" if r.get("real") else "") + (f" [{r['dm_data']} DM]" if r.get("dm_data") else "")
             row: dict[str, Any] = dict.fromkeys(COLUMNS)
             row.update({c: (float(r[c]) if r.get(c) is not None else None) for c in METRICS})
+            ids, per = r.get("identities"), r.get("per_identity")
+            images = r.get("images") or images_from_size(r.get("size")) or (ids * per if ids and per else None)
             row.update(
-                source="published", generator=label, size=r.get("size"), identities=r.get("identities"),
-                per_identity=r.get("per_identity"), table=t["table"], citation=t["citation"],
-                recipe=t.get("recipe"), note=r.get("note"),
+                source="published", generator=label, size=r.get("size"), identities=ids,
+                per_identity=per, table=t["table"], citation=t["citation"],
+                recipe=t.get("recipe"), note=r.get("note") or avg_flag(r), badge="published", table_id=t.get("id"),
+                cite=t.get("cite"), backbone=t.get("backbone"), loss=t.get("loss"), epochs=t.get("epochs"),
+                images=images, real=bool(r.get("real")),
+                sep_model=t.get("fr_model") if r.get("eer") is not None or r.get("fdr") is not None else None,
             )
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
