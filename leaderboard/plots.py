@@ -34,6 +34,9 @@ def avg_vs_images(rows: pd.DataFrame, title: str = "Avg of the five benchmarks v
             continue
         ax.scatter(sub["images"].astype(float), sub["avg"].astype(float), marker=marker, color=color, label=label, s=36,
                    facecolors="none" if badge == "published" else color, zorder=3)
+        if badge == "published":  # many papers share a size: label the best of each size and the baselines only
+            best = sub.loc[sub.groupby("images")["avg"].idxmax()]
+            sub = pd.concat([best, sub[sub["real"].fillna(False).astype(bool)]]).drop_duplicates()
         for _, r in sub.iterrows():
             name = str(r["generator"]) + (" (real)" if r.get("real") is True and "(real)" not in str(r["generator"]) else "")
             ax.annotate(name, (float(r["images"]), float(r["avg"])), fontsize=6, xytext=(3, 2), textcoords="offset points")
