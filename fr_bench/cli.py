@@ -12,6 +12,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import FrBenchError
+from .io import check_writable
 from .progress import console
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -50,16 +51,55 @@ class FrBenchGroup(click.Group):
             ctx.exit(1)
 
 
+#: options every verb takes, before or after the verb: name → (declaration, help, is a flag)
+GLOBAL_OPTIONS: dict[str, tuple[str, str, bool]] = {
+    "debug": ("--debug", "Show full tracebacks on errors.", True),
+    "workdir": ("--workdir", "Work directory (default ./frbench-work).", False),
+    "tracking_uri": ("--tracking-uri", "MLflow tracking URI (default: sqlite under the workdir, or $MLFLOW_TRACKING_URI).", False),
+    "no_track": ("--no-track", "Do not log to MLflow.", True),
+    "experiment": ("--experiment", "MLflow experiment name (default frbench).", False),
+}
+
+
+def _store_global(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value not in (None, False):
+        ctx.ensure_object(dict)
+        ctx.obj[param.name] = value  # the context object is shared by the group and the verb
+    return value
+
+
+def _global_option(name: str, *, expose: bool) -> click.Option:
+    decl, help_text, flag = GLOBAL_OPTIONS[name]
+    kwargs: dict[str, Any] = {"is_flag": True} if flag else {"default": None}
+    if name == "workdir":
+        kwargs["type"] = click.Path(path_type=Path)
+    return click.Option([decl, name], help=help_text, callback=_store_global, expose_value=expose, is_eager=name == "debug", **kwargs)
+
+
+class FrBenchCommand(click.Command):
+    """A verb: takes the global options after its name too (``frbench metrics DS --workdir X``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        have = {p.name for p in self.params} | {o for p in self.params for o in getattr(p, "opts", [])}
+        for name, (decl, _, _) in GLOBAL_OPTIONS.items():
+            if name not in have and decl not in have:
+                self.params.append(_global_option(name, expose=False))
+
+
+FrBenchGroup.command_class = FrBenchCommand
+
+
 @click.group(cls=FrBenchGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="frbench")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Work directory (default ./frbench-work).")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, workdir: Path | None) -> None:
+def cli(ctx: click.Context, **_: Any) -> None:
     """frbench: benchmark synthetic face-recognition datasets end to end."""
     ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
-    ctx.obj["workdir"] = workdir
+
+
+for _name in GLOBAL_OPTIONS:
+    cli.params.append(_global_option(_name, expose=True))
 
 
 def tracking_options(fn: Any) -> Any:
@@ -86,9 +126,9 @@ def _make_tracker(ctx: click.Context, cfg: Any, tracking_uri: str | None, no_tra
     workdir = ctx.obj.get("workdir") or cfg.workdir
     return Tracker(
         workdir,
-        uri=tracking_uri or cfg.tracking.uri,
-        enabled=cfg.tracking.enabled and not no_track,
-        experiment=experiment or cfg.tracking.experiment,
+        uri=tracking_uri or ctx.obj.get("tracking_uri") or cfg.tracking.uri,
+        enabled=cfg.tracking.enabled and not (no_track or ctx.obj.get("no_track")),
+        experiment=experiment or ctx.obj.get("experiment") or cfg.tracking.experiment,
         warn=warn,
     )
 
@@ -104,7 +144,7 @@ def _make_tracker(ctx: click.Context, cfg: Any, tracking_uri: str | None, no_tra
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="Autocast dtype for torch models.")
 @click.option("--group", "group_specs", multiple=True, metavar="NAME=A.bin,B.bin,…", help="Declare a group benchmark (one .bin per demographic group; repeatable), e.g. bupt=African.bin,Asian.bin,….")
-@click.option("--bootstrap", type=click.IntRange(min=10), default=None, help="95%% interval of each 10-fold mean from N fold resamples.")
+@click.option("--bootstrap", type=click.IntRange(min=10), default=None, help="95% interval of each 10-fold mean from N fold resamples.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the results JSON here.")
 @tracking_options
 @click.pass_context
@@ -130,6 +170,8 @@ def eval_cmd(ctx: click.Context, config_path: Path | None, model: Path | None, d
     names = _split(benchmarks) or ev.benchmarks
     flip = ev.flip and not no_flip
     output = output or ev.output
+    if output is not None:
+        check_writable(output)
     batch_size = batch_size or rt.batch_size
 
     groups = dict(ev.groups)
@@ -240,7 +282,7 @@ def identities_cmd(ctx: click.Context, config_path: Path | None, source: str | N
     """Sample identity contexts (N×512 unit vectors), filter by max cosine, pick negatives."""
     from .config import load_config
     from .errors import ConfigError
-    from .identities import build_identities, make_source, write_identities
+    from .identities import build_identities, check_identity_count, make_source, write_identities
     from .progress import progress_factory
 
     cfg = load_config(config_path)
@@ -248,6 +290,8 @@ def identities_cmd(ctx: click.Context, config_path: Path | None, source: str | N
     out = out or ic.out
     if out is None:
         raise ConfigError("no output folder given: pass --out DIR (or identities.out in the config)")
+    check_writable(out, directory=True)
+    check_identity_count(n or ic.n, max_candidates or ic.max_candidates, threshold=None if no_filter else ic.max_similarity)
     threshold = None if no_filter else (max_similarity if max_similarity is not None else ic.max_similarity)
     device = device or rt.device
     with progress_factory() as progress:
@@ -307,6 +351,7 @@ def align_cmd(ctx: click.Context, input_dir: Path | None, config_path: Path | No
         raise ConfigError("no input folder given: frbench align DIR (or align.input in the config)")
     if out is None:
         raise ConfigError("no output folder given: pass --out DIR (or align.out in the config)")
+    check_writable(out, directory=True)
     det = load_detector(detector or ac.detector, kind=detector_kind or ac.detector_kind, det_size=det_size or ac.det_size,
                         det_thresh=ac.det_thresh if det_thresh is None else det_thresh, device=device or rt.device,
                         min_face_size=min_face_size or ac.min_face_size)
@@ -367,6 +412,7 @@ def generate_cmd(ctx: click.Context, config_path: Path | None, generator: str | 
     for value, flag in ((weights, "--weights DIR"), (identities, "--identities DIR"), (out, "--out DIR")):
         if value is None:
             raise ConfigError(f"missing {flag} (or generate.{flag[2:].split()[0].replace('-', '_')} in the config)")
+    check_writable(out, directory=True)
     options = dict(gc.options)
     if steps or gc.steps:
         options["steps"] = steps or gc.steps
@@ -453,6 +499,8 @@ def train_cmd(ctx: click.Context, dataset: Path | None, recipe: str | None, conf
     rec, rec_path = load_recipe(recipe or tc.recipe, layers)
     workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
     out = output or tc.output or default_output(workdir, dataset, rec)
+    check_writable(out, directory=True)
+    check_writable(cache_dir or tc.cache_dir or workdir / "cache" / "train-images", directory=True)
     opts = TrainOptions(
         output=Path(out),
         cache_dir=Path(cache_dir or tc.cache_dir or workdir / "cache" / "train-images"),
@@ -541,6 +589,7 @@ def train_adapter_cmd(ctx: click.Context, method: str, data: Path, base: Path, o
     from .train_adapter import TrainAdapterSettings, train_fused_attention
 
     cfg = load_config(config_path)
+    check_writable(out, directory=True)
     settings = TrainAdapterSettings(data=data, base=base, out=out, steps=steps, batch_size=batch_size, lr=lr,
                                     weight_decay=weight_decay, references=references, resolution=resolution, seed=seed,
                                     save_every=save_every, log_every=log_every, reference_timestep=reference_timestep,
@@ -581,7 +630,7 @@ def train_adapter_cmd(ctx: click.Context, method: str, data: Path, base: Path, o
 @click.option("--leakage-threshold", type=float, default=None, help="Leakage: a fixed cosine threshold instead of the calibration.")
 @click.option("--leakage-images", is_flag=True, default=None, help="Leakage: also each synthetic image's nearest training image.")
 @click.option("--leakage-top-k", type=click.IntRange(min=1), default=None, help="Leakage: closest pairs listed and shown (default 16).")
-@click.option("--bootstrap", type=click.IntRange(min=10), default=None, help="95%% intervals from N replicates resampling identities.")
+@click.option("--bootstrap", type=click.IntRange(min=10), default=None, help="95% intervals from N replicates resampling identities.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="FR embedding batch size.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the results JSON here.")
@@ -615,6 +664,9 @@ def metrics_cmd(ctx: click.Context, dataset: Path | None, config_path: Path | No
     mc = _validated(mc, {k: v for k, v in overrides.items() if v is not None})
     output = output or mc.output
     workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
+    if output is not None:  # checked now, not after the whole computation
+        check_writable(output)
+    check_writable(workdir, directory=True)
     req = MetricsRequest(
         dataset=Path(dataset), cfg=mc, fr_model=fr_model or mc.fr_model, reference=reference or mc.reference,
         asked={"separability": separability, "consistency": consistency, "lpips": lpips, "prc": prc, "fid": fid, "leakage": leakage},
@@ -733,7 +785,7 @@ def leaderboard_cmd(ctx: click.Context, config_path: Path | None, experiment: st
     """Rank the MLflow runs of an experiment beside the papers' published numbers."""
     from .config import load_config
     from .errors import ConfigError
-    from .io import check_writable, write_bytes_atomic
+    from .io import write_bytes_atomic
     from .leaderboard import build_leaderboard, load_measured, load_published, measured_frame, render
     from .leaderboard.render import rich_tables
     from .tracking import missing_store, resolve_tracking_uri
@@ -743,8 +795,8 @@ def leaderboard_cmd(ctx: click.Context, config_path: Path | None, experiment: st
         raise ConfigError("--format png writes a picture: pass --output FILE.png")
     if output is not None:
         check_writable(output)
-    uri = resolve_tracking_uri(ctx.obj.get("workdir") or cfg.workdir, tracking_uri or cfg.tracking.uri)
-    experiment = experiment or cfg.tracking.experiment
+    uri = resolve_tracking_uri(ctx.obj.get("workdir") or cfg.workdir, tracking_uri or ctx.obj.get("tracking_uri") or cfg.tracking.uri)
+    experiment = experiment or ctx.obj.get("experiment") or cfg.tracking.experiment
     missing = missing_store(uri)
     if missing is not None:
         warn(f"no MLflow store at {missing} yet (run `frbench run` or `frbench eval` first, or pass --tracking-uri)")
@@ -802,7 +854,9 @@ def adapters_cmd() -> None:
 def new_adapter_cmd(name: str, out_dir: Path) -> None:
     """Scaffold a pip-installable generator-adapter package NAME (template adapter, preset, tests)."""
     from .adapter_tools import scaffold_adapter
+    from .io import check_writable
 
+    check_writable(out_dir, directory=True)
     made = scaffold_adapter(name, out_dir)
     console.print(f"created {made.root} (adapter class {made.module}.adapter.{made.cls}):", highlight=False)
     for path in made.files:
@@ -812,6 +866,43 @@ def new_adapter_cmd(name: str, out_dir: Path) -> None:
 
 
 # <<leaderboard-commands>>
+
+# ----------------------------------------------------------------------------------------- doctor
+@cli.command("doctor", context_settings=CONTEXT_SETTINGS)
+@click.argument("config_path", type=click.Path(path_type=Path), required=False)
+def doctor_cmd(config_path: Path | None) -> None:
+    """What is installed, and which weights, benchmark files and backbones CONFIG needs (exit 1 if any is missing)."""
+    from .config import load_config
+    from .doctor import environment, requirements
+
+    table = Table(title="frbench doctor: installation")
+    table.add_column("item")
+    table.add_column("state", overflow="fold")
+    from rich.markup import escape
+
+    for item, value in environment():
+        table.add_row(escape(item), escape(value))
+    console.print(table)
+    if config_path is None:
+        console.print("pass a config (frbench doctor configs/<paper>.yaml) to check the files it needs", highlight=False)
+        return
+    cfg = load_config(config_path)
+    needs = requirements(cfg)
+    files = Table(title=f"files {config_path} needs")
+    for col in ("stage", "what", "", "path", "where to get it"):
+        files.add_column(col, overflow="fold")
+    for n in needs:
+        files.add_row(escape(n.section), escape(n.what), "[green]✓[/green]" if n.present else "[red]✗ missing[/red]",
+                      "—" if n.path is None else escape(str(n.path)), "" if n.present else escape(n.where))
+    console.print(files)
+    missing = [n for n in needs if not n.present]
+    if cfg.demo:
+        console.print("demo: true — missing weights and benchmark files are made as tiny random artefacts", highlight=False)
+    if missing and not cfg.demo:
+        console.print(f"[red]{len(missing)} missing[/red] (see 'where to get it')", highlight=False)
+        raise SystemExit(1)
+    console.print("everything this config reads is present" if not missing else "", highlight=False)
+
 
 # ------------------------------------------------------------------------------------------ run
 @cli.command("run", context_settings=CONTEXT_SETTINGS)
@@ -833,6 +924,8 @@ def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, sta
     cfg = load_config(config_path)
     workdir = Path(run_workdir or ctx.obj.get("workdir") or cfg.workdir)
     ctx.obj["workdir"] = workdir
+    if not dry_run:
+        check_writable(workdir, directory=True)
     if cfg.demo:
         console.print("[bold yellow]plumbing demo:[/bold yellow] tiny random-weight models — the numbers mean nothing", highlight=False)
         cfg = apply_demo(cfg, workdir)

@@ -342,10 +342,29 @@ def load_config(path: str | Path | None, model: type[BaseModel] = Config) -> Any
     """Read ``path`` (or defaults when None) into ``model``; errors name the file and key."""
     if path is None:
         return model()
-    path = Path(path)
+    path = shipped_config(Path(path))
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     return validate(read_yaml_mapping(path, "the top level must be a mapping of sections"), model, str(path))
+
+
+def config_root() -> Path:
+    """The paper configs shipped with frbench (``configs/`` installed as ``fr_bench/configs``)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
+def shipped_config(path: Path) -> Path:
+    """``path`` if it exists; else the shipped config it names (``configs/demo.yaml``, ``demo.yaml`` or
+    ``demo``), so ``frbench run configs/demo.yaml`` works from any folder after ``pip install``."""
+    if path.exists() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts and path.parts[0] == "configs" else path.parts
+    candidate = config_root().joinpath(*parts) if parts else config_root()
+    if candidate.suffix not in (".yaml", ".yml"):
+        candidate = candidate.with_name(candidate.name + ".yaml")
+    return candidate if candidate.is_file() else path
 
 
 def read_yaml_mapping(path: Path, not_mapping: str = "the top level must be a mapping") -> dict[str, Any]:

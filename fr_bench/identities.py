@@ -448,6 +448,30 @@ class Identities:
         return None if neg is None else np.asarray(neg["index"], dtype=np.int64)
 
 
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine (None where the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_identity_count(n: Optional[int], max_candidates: Optional[int], threshold: Optional[float] = None) -> None:
+    """Fail at once, before any work, on an identity count that cannot be met or cannot fit in memory."""
+    if n is None:
+        return
+    if max_candidates is not None and n > max_candidates:
+        raise ConfigError(f"-n {n:,}: more identities than the {max_candidates:,} candidates --max-candidates allows")
+    # the greedy filter keeps every identity in float64 and the result in float32
+    need = n * CONTEXT_DIM * (8 + 4)
+    total = physical_memory()
+    if total is not None and need > 0.8 * total:
+        raise ConfigError(f"-n {n:,}: keeping {n:,} identities of {CONTEXT_DIM} dimensions needs {need / 2**30:,.1f} GiB of memory; "
+                          f"this machine has {total / 2**30:,.1f} GiB")
+
+
 def build_identities(
     source: Source,
     n: Optional[int],

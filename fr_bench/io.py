@@ -72,3 +72,18 @@ def check_writable(path: str | Path, *, directory: bool = False) -> None:
         os.unlink(probe)
     except OSError as err:
         raise InputError(p, f"not writable ({err.strerror or type(err).__name__} in {anc})") from None
+
+
+def torch_load_problem(err: BaseException) -> str:
+    """One readable clause for a failed ``torch.load(weights_only=True)``: PyTorch's multi-paragraph
+    weights-only explanation becomes "unsafe pickle: refused …", other errors their first line."""
+    import re
+
+    text = str(err).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"(?:got|global) (<class '[^']+'>)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"unsafe pickle: refused to load it{what} — the file holds Python objects, not only tensors, and "
+                "frbench never executes pickled code (weights_only=True); nothing in it was run")
+    first = text.splitlines()[0][:160] if text else type(err).__name__
+    return f"{type(err).__name__}: {first}" if not first.startswith(type(err).__name__) else first

@@ -19,8 +19,11 @@ import yaml
 from .config import TrainRecipe, read_yaml_mapping, validate
 from .errors import ConfigError
 
-#: where the presets live (repository layout; editable installs)
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
+#: where the presets live: the package's copy of configs/train (``fr_bench.configs``, installed as package
+#: data; in an editable install it is the repository's configs/ itself)
+PRESET_DIR = Path(__file__).resolve().parent / "configs" / "train"
+if not PRESET_DIR.is_dir():  # editable install: fr_bench/ is the source folder, configs/ sits beside it
+    PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
 #: fields that describe a recipe but do not change the weights
 _DESCRIPTIVE = {"name", "source", "notes"}
 

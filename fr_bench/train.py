@@ -353,7 +353,9 @@ def read_checkpoint(output: Path) -> dict[str, Any] | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InputError(path, f"unreadable checkpoint ({type(err).__name__}); pass --restart to discard it") from None
+        from .io import torch_load_problem
+
+        raise InputError(path, f"unreadable checkpoint ({torch_load_problem(err)}); pass --restart to discard it") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, "not an frbench training checkpoint; pass --restart to discard it")
     return ckpt

@@ -135,6 +135,9 @@ class Trainer:
 
     def build(self) -> None:
         """Load the frozen SD1.5 parts, install the fused processors, make the optimizer."""
+        from .extras import require
+
+        require("diffusers", "frbench train-adapter")
         from diffusers import DDPMScheduler
 
         from .generators.fused_attention import install_fusion

@@ -67,6 +67,10 @@ def parse_config(cfg: dict[str, Any] | None, model: type[Section], name: str) ->
 
 # ------------------------------------------------------------------------------------- loading
 def _quiet_hf() -> None:
+    from ..extras import require
+
+    require("diffusers", "the SD1.5 generators (arc2face, fused-attention)")
+    require("transformers", "the SD1.5 generators (arc2face, fused-attention)")
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -122,6 +126,7 @@ def _wrap_load(folder: Path, what: str, fn: Callable[[], Any]) -> Any:
 
 
 def load_unet(folder: str | Path, role: str = "unet") -> Any:
+    _quiet_hf()  # first: a missing diffusers is one line naming the extra
     from diffusers import UNet2DConditionModel
 
     folder = require_component(folder, "unet", role)

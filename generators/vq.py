@@ -291,7 +291,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable/unsafe file is the user's input problem
-        raise InputError(path, f"cannot read as a torch state dict ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        from ..io import torch_load_problem
+
+        raise InputError(path, f"cannot read as a torch state dict ({torch_load_problem(err)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     return obj

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from fr_bench.cli import cli
 
+pytestmark = pytest.mark.slow  # end-to-end: deselected by make test-fast (-m 'not slow')
+
 facenet = pytest.importorskip("facenet_pytorch", reason="install with: pip install --no-deps facenet-pytorch")
 skdata = pytest.importorskip("skimage.data")
 

@@ -13,6 +13,8 @@ import torch.multiprocessing as mp
 from fr_bench.train import _mix
 from trainkit import TinyNoBN, ddp_worker, make_folder_dataset, register_tiny_nobn
 
+pytestmark = pytest.mark.slow  # end-to-end: deselected by make test-fast (-m 'not slow')
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from fr_bench.cache import RunLock
 from fr_bench.cli import cli
 
+pytestmark = pytest.mark.slow  # end-to-end: deselected by make test-fast (-m 'not slow')
+
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 STAGES = ("identities", "generate", "align", "train", "eval", "metrics")
 

@@ -50,8 +50,9 @@ def load_state(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise InputError(path, f"not a loadable {what} state dict ({first})") from None
+        from ..io import torch_load_problem
+
+        raise InputError(path, f"not a loadable {what} state dict ({torch_load_problem(err)})") from None
     if not isinstance(state, dict):
         raise InputError(path, f"not a {what} state dict (got {type(state).__name__})")
     return state
@@ -65,7 +66,9 @@ def load_lpips_vgg(weights: Path, device: str | torch.device = "cpu") -> torch.n
     the trunk from ``weights``, the linear layers from the file shipped in the lpips wheel, the
     scaling constants from a fresh ``lpips.ScalingLayer``.
     """
-    import lpips
+    from ..extras import require
+
+    lpips = require("lpips", "intra-class LPIPS (--lpips)")
 
     state = load_state(weights, "torchvision VGG16")
     with redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.device("meta"):

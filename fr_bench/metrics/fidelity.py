@@ -46,6 +46,9 @@ def find_extractor_weights(name: str, configured: dict[str, Optional[Path]]) -> 
 
 def feature_layer(name: str, metric: str, layer: Optional[str] = None) -> str:
     """The configured layer (checked against the extractor's list) or torch-fidelity's default."""
+    from ..extras import require
+
+    require("torch_fidelity", "FID and improved precision/recall (--fid, --prc)")
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     cls = FEATURE_EXTRACTORS_REGISTRY[name]

@@ -28,8 +28,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        msg = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise InputError(path, f"not an ONNX model or a PyTorch state dict ({msg})") from err
+        from ..io import torch_load_problem
+
+        msg = torch_load_problem(err)
+        if msg.startswith("unsafe pickle"):
+            raise InputError(path, msg) from None
+        raise InputError(path, f"not an ONNX model or a PyTorch state dict ({msg})") from None
     if isinstance(obj, dict):
         for key in _WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], dict):
