@@ -294,6 +294,9 @@ def identities_cmd(ctx: click.Context, config_path: Path | None, source: str | N
     check_identity_count(n or ic.n, max_candidates or ic.max_candidates, threshold=None if no_filter else ic.max_similarity)
     threshold = None if no_filter else (max_similarity if max_similarity is not None else ic.max_similarity)
     device = device or rt.device
+    from .models.torch_model import resolve_device
+
+    resolve_device(device)  # before any work: a CUDA request on a machine without CUDA is one line
     with progress_factory() as progress:
         src = make_source(source or ic.source, seed=ic.seed if seed is None else seed,
                           reference_embeddings=reference_embeddings or ic.reference_embeddings,

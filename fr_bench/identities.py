@@ -306,9 +306,9 @@ class EmbedSource(Source):
 
 # -------------------------------------------------------------------------------- greedy filter
 def _device(device: Optional[str]) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from .models.torch_model import resolve_device
+
+    return resolve_device(device)  # a CUDA request on a machine without one is a ConfigError
 
 
 class GreedyFilter:
