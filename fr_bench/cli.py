@@ -423,6 +423,9 @@ def generate_cmd(ctx: click.Context, config_path: Path | None, generator: str | 
     ids = load_identity_set(identities, num=num_identities or gc.num_identities, negatives=negatives or gc.negatives,
                             need_negatives=bool(getattr(adapter, "needs_negatives", False)))
     dev = generation_device(device or rt.device)
+    from .models.torch_model import resolve_device
+
+    resolve_device(str(dev))  # before the weights load: a CUDA request without CUDA is one line
     dtype_name = dtype or gc.dtype or rt.dtype
     per = per_identity or gc.per_identity
     run_seed = gc.seed if seed is None else seed

@@ -74,6 +74,25 @@ def _section_dump(cfg: Any, name: str) -> Any:
     return section.model_dump(mode="json") if section is not None and hasattr(section, "model_dump") else section
 
 
+#: bump a stage's entry when its code changes what it computes, so older stage dirs are not reused
+PROTOCOL_VERSIONS = {"identities": 1, "generate": 1, "align": 2, "train": 2, "eval": 2, "metrics": 2}
+
+
+def resolved_runtime(cfg: Any) -> dict[str, Any]:
+    """The runtime settings that can change a stage's output, with ``auto`` resolved: the device type
+    (not the index: cuda:0 and cuda:1 compute the same) and the dtype. Batch size and worker counts
+    are left out — they change speed, not results."""
+    rt = getattr(cfg, "runtime", None)
+    if rt is None:
+        return {}
+    device = str(rt.device or "auto")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"device_type": device.split(":")[0], "dtype": rt.dtype}
+
+
 def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
               start: str | None = None, until: str | None = None) -> Plan:
     """Resolve which stages take part, their hashes and whether each is finished."""
@@ -129,11 +148,13 @@ def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
     run_dir = workdir / "runs" / run_name
     plan = Plan(run_dir=run_dir, external=external)
     hashes: dict[str, str] = {k: "external:" + path_digest(v) for k, v in external.items()}
+    runtime = resolved_runtime(cfg)
     for name in needed:
         stage = stages[name]
         dep_hashes = {d: hashes[d] for d in (*stage.deps, *stage.optional) if d in hashes}
         h = stable_hash({"stage": name, "config": _section_dump(cfg, name), "inputs": dep_hashes,
-                         "seed": getattr(cfg, "seed", None)})
+                         "seed": getattr(cfg, "seed", None), "runtime": runtime, "frbench": __version__,
+                         "protocol": PROTOCOL_VERSIONS.get(name, 1)})
         hashes[name] = h
         sdir = StageDir(run_dir / f"{name}-{h[:12]}")
         if sdir.is_done():

@@ -71,6 +71,9 @@ def run_generate(ctx: StageContext) -> dict[str, Any]:
     ids = load_identity_set(ctx.inputs["identities"], num=gc.num_identities, negatives=gc.negatives,
                             need_negatives=bool(getattr(adapter, "needs_negatives", False)))
     dev = generation_device(rt.device)
+    from .models.torch_model import resolve_device
+
+    resolve_device(str(dev))
     dtype_name = gc.dtype or rt.dtype
     adapter.load(gc.weights, device=dev, dtype=DTYPES[dtype_name])
     settings = settings_record(generator=gc.generator, adapter=adapter, weights=gc.weights, ids=ids,

@@ -123,3 +123,23 @@ def test_path_digest_sees_added_files(tmp_path: Path) -> None:
     before = path_digest(tmp_path)
     (tmp_path / "b.png").write_bytes(b"2")
     assert path_digest(tmp_path) != before
+
+
+def _hashes(cfg_data: dict, tmp_path: Path) -> dict[str, str]:
+    from fr_bench.config import Config
+    from fr_bench.stages import STAGES
+
+    cfg = validate(cfg_data, Config)
+    return {ps.stage.name: ps.hash for ps in make_plan(cfg, STAGES, tmp_path, "r").stages}
+
+
+def test_runtime_dtype_or_device_changes_the_hash_of_generate_train_and_eval_but_batch_size_does_not(tmp_path: Path) -> None:
+    base = {"identities": {"source": "uniform", "n": 4}, "generate": {"generator": "idiff-face"}, "align": {},
+            "train": {}, "eval": {"data_dir": str(tmp_path)}, "runtime": {"device": "cpu", "dtype": "fp32", "batch_size": 64}}
+    ref = _hashes(base, tmp_path)
+    bf16 = _hashes({**base, "runtime": {**base["runtime"], "dtype": "bf16"}}, tmp_path)
+    cuda = _hashes({**base, "runtime": {**base["runtime"], "device": "cuda"}}, tmp_path)
+    batch = _hashes({**base, "runtime": {**base["runtime"], "batch_size": 512}}, tmp_path)
+    for stage in ("generate", "train", "eval"):
+        assert bf16[stage] != ref[stage] and cuda[stage] != ref[stage], stage
+    assert batch == ref  # speed settings do not change results

@@ -167,26 +167,31 @@ def test_all_pairs_counts_match_the_protocol() -> None:
     assert np.sort(imp) == pytest.approx(np.sort(cos[iu][~same]), abs=1e-5)
 
 
-MOMENT_KEYS = ("genuine_mean", "genuine_std", "impostor_mean", "impostor_std", "fdr", "d_prime")
+def exact_embeddings(n_ids: int, per: int, seed: int, dim: int = 64, flips: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors whose every dot product is exact in float32 in any summation order: entries are
+    ±1/8 in 64 dimensions (norm exactly 1), so a cosine is (agreements − disagreements)/64, a
+    multiple of 2⁻⁵. Each image flips ``flips`` random signs of its identity's pattern."""
+    rng = np.random.default_rng(seed)
+    base = rng.choice([-1.0, 1.0], size=(n_ids, dim))
+    emb = np.repeat(base, per, axis=0)
+    for row in emb:
+        row[rng.choice(dim, flips, replace=False)] *= -1
+    return (emb / 8.0).astype(np.float32), np.repeat(np.arange(n_ids), per)
 
 
 def test_streamed_blocks_without_cache_equal_pyeer_on_the_same_scores() -> None:
-    """``separability`` recomputes the cosines in its own blocks, so a score can differ from
-    ``pair_scores``' by a few float32 ulp (the BLAS kernel, and so the summation order, depends on
-    the block shape and the thread count): ≤ 1e-6 for unit vectors. Moment statistics and thresholds
-    (which are scores) move by that much; rates cannot move unless two pooled scores lie within that distance of each
-    other, which the test data is checked not to do — so rates stay exact."""
-    emb, labels = clustered_embeddings(25, 6, seed=1)
+    """``separability`` recomputes the cosines in its own blocks; with cosines that are exact in
+    float32 whatever the block shape, BLAS kernel or thread count, every field must equal pyeer's on
+    ``pair_scores``' numbers exactly (to 1e-12), with and without the cache. (Continuous scores are
+    compared with pyeer score-for-score in the tests above.)"""
+    emb, labels = exact_embeddings(25, 6, seed=1)
     gen, imp = pair_scores(emb, labels)
-    pooled = np.sort(np.concatenate([gen, imp]))
-    assert np.diff(pooled).min() > 1e-5  # no near-ties a few ulp could reorder
+    assert np.all(np.asarray(gen) * 32 == np.round(np.asarray(gen) * 32))  # exact multiples of 2⁻⁵
     ref = pyeer_reference(gen, imp)
     for kwargs in ({}, {"block_bytes": 1 << 15, "cache_bytes": 0}):
         res = separability(emb, labels, **kwargs).to_dict()
         for key, value in ref.items():
-            score_valued = key in MOMENT_KEYS or key.endswith("_threshold")  # thresholds are scores
-            tol = 1e-6 * max(1.0, abs(value)) if score_valued else 1e-12
-            assert res[key] == pytest.approx(value, abs=tol), key
+            assert res[key] == pytest.approx(value, abs=1e-12), key
         for name, op in (("fmr100_strict", 0.01), ("fmr1000_strict", 0.001)):
             assert res[name] == pytest.approx(brute_force_strict(gen, imp, op), abs=1e-12), name
 
