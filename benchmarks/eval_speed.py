@@ -1,11 +1,25 @@
-"""Speed of `frbench eval` on the five verification benchmarks at their real sizes.
+"""Speed of `frbench eval` on the five verification benchmarks, side by side with arcface_torch's path.
 
-Builds five synthetic packs in insightface's format (real JPEG bytes: 6000/7000/6000/6000/6000 pairs,
-62,000 images), then times the same code path `frbench eval` runs — decode, embed with flip, 10-fold
-protocol — for an iresnet50 with random weights (speed only; accuracy is meaningless here).
+Builds five synthetic packs in insightface's format (real JPEG bytes; 6000/7000/6000/6000/6000 pairs
+at ``--scale 1``, 62,000 images), then times, interleaved and ``--repeat`` times each on the same
+packs and the same network weights:
 
-    python benchmarks/eval_speed.py                 # full size, cuda if present
-    python benchmarks/eval_speed.py --quick         # CPU sanity check (tiny packs, r18)
+* anchor: insightface ``recognition/arcface_torch/eval/verification.py`` — ``load_bin`` (decode one
+  image at a time, keep a flipped copy) then ``test`` (windowed batches, ((x/255)−0.5)/0.5, float64
+  embeddings, the norm loop, the two-copy sum, ``evaluate`` with its per-threshold Python loops), re-created
+  in ``_verification_anchor.py``;
+* product: ``frbench.evaluate.run_eval`` — what ``frbench eval`` runs (restricted unpickler, batched
+  decode, embedding with flip, the vectorised 10-fold protocol).
+
+Both produce the ten fold accuracies per benchmark; the script reports the largest difference (the
+two embed in different batch shapes, so a distance may differ in the last float32 bits; a pair whose
+distance sits that close to a threshold step could flip). The network is random (speed only):
+``--arch tiny`` (a ~3 MMAC iresnet: the pipelines, not the network, dominate — the CPU setting),
+``r18``/``r50`` (the network dominates: on a GPU).
+
+    python benchmarks/eval_speed.py --arch tiny --scale 0.1      # the 2-core CPU figure in the README
+    python benchmarks/eval_speed.py                              # full size, r50, cuda if present
+    python benchmarks/eval_speed.py --quick                      # small CPU check
 
 Prints one JSON line.
 """
@@ -14,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -43,56 +57,70 @@ def make_packs(root: Path, scale: float, seed: int = 0) -> int:
     return total
 
 
+def build(arch: str) -> torch.nn.Module:
+    if arch == "tiny":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from _ijb_tree import tiny_iresnet
+
+        return tiny_iresnet(dim=512)
+    torch.manual_seed(0)
+    model = iresnet(arch)
+    for m in model.modules():  # fan-in init keeps activations finite without training
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+    return model.eval()
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="tiny packs and an r18, for a CPU check")
-    ap.add_argument("--arch", default=None)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _compare import interleaved, ratio
+    from _verification_anchor import load_bin, test
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny network, 2%% of the pairs: a CPU check")
+    ap.add_argument("--arch", default=None, help="tiny | r18 | r50 (default r50; quick: tiny)")
+    ap.add_argument("--scale", type=float, default=None, help="fraction of the real pair counts (default 1; quick 0.02)")
     ap.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
-    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=None, help="default 1024 on CUDA, 128 on the CPU")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and args.device != "cpu"
-    arch = args.arch or ("r18" if args.quick else "r50")
+    device = "cuda" if cuda else "cpu"
+    arch = args.arch or ("tiny" if args.quick else "r50")
     dtype = args.dtype or ("bf16" if cuda else "fp32")
-    scale = 0.01 if args.quick else 1.0
+    scale = args.scale or (0.02 if args.quick else 1.0)
+    bs = args.batch_size or (1024 if cuda else 128)
     torch.backends.cudnn.benchmark = True
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         n_images = make_packs(root, scale)
-        model = iresnet(arch)
-        emb = TorchEmbedder(model, root / f"{arch}.pt", arch, 512, device=args.device, dtype=dtype, batch_size=args.batch_size)
-        # warm-up: cudnn autotuning and allocator, not part of the timed run
-        warm = np.zeros((args.batch_size if cuda else 8, 112, 112, 3), np.uint8)
-        emb.embed(warm, flip=True)
-        if cuda:
-            torch.cuda.synchronize()
-
+        model = build(arch).to(device)
+        emb = TorchEmbedder(model, root / f"{arch}.pt", arch, 512, device=device, dtype=dtype, batch_size=bs)
         sel = select_benchmarks(root, list(SIZES))
-        t0 = time.perf_counter()
-        doc = run_eval(emb, sel, flip=True, batch_size=args.batch_size)
-        if cuda:
-            torch.cuda.synchronize()
-        total = time.perf_counter() - t0
 
-        # embedding throughput alone (flip: two forward passes per image)
-        x = np.zeros((min(n_images, 8192 if cuda else 64), 112, 112, 3), np.uint8)
-        t1 = time.perf_counter()
-        emb.embed(x, flip=True, batch_size=args.batch_size)
-        if cuda:
-            torch.cuda.synchronize()
-        embed_s = time.perf_counter() - t1
+        def product() -> dict:
+            return run_eval(emb, sel, flip=True, batch_size=bs)
+
+        def anchor() -> dict:
+            # the reference runs the backbone in fp32 NCHW on the device, as arcface_torch's test() does
+            return {name: test(load_bin(root / f"{name}.bin"), lambda x: model(x.to(device)), bs) for name in SIZES}
+
+        stats, out = interleaved({"arcface_torch_verification": anchor, "frbench_eval": product}, args.repeat)
+        doc, ref = out["frbench_eval"], out["arcface_torch_verification"]
+        diff = max(float(np.max(np.abs(np.asarray(doc["benchmarks"][n]["fold_accuracies"]) - ref[n]))) for n in SIZES)
 
     print(json.dumps({
-        "bench": "eval_speed",
+        "benchmark": "eval_speed",
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "arch": arch, "dtype": dtype, "batch_size": args.batch_size,
-        "images": n_images, "forward_passes": 2 * n_images,
-        "end_to_end_s": round(total, 2),
-        "end_to_end_images_per_s": round(n_images / total, 1),
-        "embed_forward_images_per_s": round(2 * len(x) / embed_s, 1),
-        "per_benchmark_s": {k: v["seconds"] for k, v in doc["benchmarks"].items()},
-        "goal_s": 15.0,
+        "torch_threads": torch.get_num_threads(),
+        "arch": arch, "dtype": dtype, "batch_size": bs, "scale": scale,
+        "images": n_images, "forward_passes": 2 * n_images, **stats,
+        "ratio": ratio(stats, "arcface_torch_verification", "frbench_eval"),
+        "frbench_images_per_s": round(n_images / stats["frbench_eval"]["median_s"], 1),
+        "max_fold_accuracy_diff": diff,
+        "goal_s_full_size_gpu": 15.0,
     }))
 
 

@@ -13,13 +13,15 @@ frbench's real loader runs offline. 512×512, DPM-Solver++ 25 steps, CFG 3, batc
   (``max-autotune-no-cudagraphs``; compiles for minutes), ``fused-qkv`` (eager + fused QKV projections).
 
 Each variant gets a warm-up batch (compilation happens there; its time is reported as ``warmup_s``),
-then ``--repeats`` timed batches. ``max_abs_diff``/``mean_abs_diff`` compare the variant's uint8 images
-with the stock pipeline's for the same latents (fp16 rounding only; the sampler is the same).
+then stock and every variant are timed interleaved, ``--repeats`` (≥ 3) batches each; images/s and ratios
+come from medians. The headline ``ratio_like_for_like`` is the ``eager`` variant (same dtype, batch and
+sampler, no compilation); ``ratio_fastest_setting`` the best variant. ``max_abs_diff``/``mean_abs_diff``
+compare the variant's uint8 images with the stock pipeline's for the same latents (fp16 rounding only).
 
     python benchmarks/sd_generate_speed.py                # SD1.5 size, cuda, fp16
     python benchmarks/sd_generate_speed.py --quick        # tiny components on CPU: a check of the script
 
-Prints one JSON line: {"rows": [...], "stock_img_s": …, "ratio": best frbench/stock images/s}.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = DTYPES[dtype_name]
     steps = args.steps or (2 if args.quick else 25)
     batch = args.batch or (2 if args.quick else 16)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = max(3, args.repeats or 3)  # interleaved: at least 3 timed batches of each
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v not in VARIANTS:
@@ -189,40 +191,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             output_type="np").images
             return torch.from_numpy((imgs * 255).round().astype("uint8")).permute(0, 3, 1, 2)
 
-        warm, _ = _time(stock, 1, device)
-        sec, stock_imgs = _time(stock, repeats, device)
-        stock_rate = batch * repeats / sec
-        rows.append({"name": "stock StableDiffusionPipeline", "dtype": dtype_name, "batch": batch, "steps": steps,
-                     "resolution": res, "warmup_s": round(warm, 2), "seconds": round(sec, 3), "img_s": round(stock_rate, 4)})
-        del pipe, unet, encoder
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _compare import interleaved
 
-        # ---- frbench variants
+        stock_warm, _ = _time(stock, 1, device)
+        # ---- frbench variants, each loaded and warmed (compiled) up front, then all timed interleaved
+        candidates: dict[str, Any] = {"stock": stock}
+        warmups: dict[str, float] = {"stock": stock_warm}
         for v in variants:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
             a = Arc2FaceAdapter.from_config({**opts, **VARIANTS[v]})
             a.load(root, device=device, dtype=dtype)
-            warm, _ = _time(lambda: a.generate(ids, seeds), 1, device)
-            sec, imgs = _time(lambda: a.generate(ids, seeds), repeats, device)
-            rate = batch * repeats / sec
-            diff = (imgs.int() - stock_imgs.int()).abs()
-            row = {"name": f"frbench arc2face ({v})", "dtype": dtype_name, "batch": batch, "steps": steps,
-                   "resolution": res, "warmup_s": round(warm, 2), "seconds": round(sec, 3), "img_s": round(rate, 4),
-                   "ratio": round(rate / stock_rate, 3), "max_abs_diff": int(diff.max()),
-                   "mean_abs_diff": round(float(diff.float().mean()), 4)}
-            if device.type == "cuda":
-                row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            rows.append(row)
-            del a
+            warmups[v], _ = _time(lambda a=a: a.generate(ids, seeds), 1, device)
+            candidates[v] = lambda a=a: a.generate(ids, seeds)
+        stats, outs = interleaved(candidates, repeats, warmup=False)
+        stock_imgs = outs["stock"]
+        stock_rate = batch / stats["stock"]["median_s"]
+        rows.append({"name": "stock StableDiffusionPipeline", "dtype": dtype_name, "batch": batch, "steps": steps,
+                     "resolution": res, "warmup_s": round(warmups["stock"], 2), **stats["stock"], "img_s": round(stock_rate, 4)})
+        for v in variants:
+            rate = batch / stats[v]["median_s"]
+            diff = (outs[v].int() - stock_imgs.int()).abs()
+            rows.append({"name": f"frbench arc2face ({v})", "variant": v, "dtype": dtype_name, "batch": batch, "steps": steps,
+                         "resolution": res, "warmup_s": round(warmups[v], 2), **stats[v], "img_s": round(rate, 4),
+                         "ratio": round(rate / stock_rate, 3), "max_abs_diff": int(diff.max()),
+                         "mean_abs_diff": round(float(diff.float().mean()), 4)})
+        if device.type == "cuda":
+            rows[-1]["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     head = [r for r in rows if "ratio" in r]
+    like = next((r["ratio"] for r in head if r["variant"] == "eager"), None)
     return {"benchmark": "sd_generate_speed", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "quick": args.quick, "cfg": args.guidance, "unet_params": unet_params,
-            "setup_s": round(setup_s, 1),
+            "setup_s": round(setup_s, 1), "repeats": repeats,
             "rows": rows, "stock_img_s": round(stock_rate, 4),
-            "ratio": max(r["ratio"] for r in head) if head else None}
+            "ratio_like_for_like": like,  # eager: same dtype, batch, sampler, no compilation
+            "ratio_fastest_setting": max(r["ratio"] for r in head) if head else None}
 
 
 def main() -> None:

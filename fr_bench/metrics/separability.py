@@ -20,6 +20,7 @@ sorting the impostors. ``tests/test_separability.py`` checks both against pyeer 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -122,6 +123,49 @@ def _edge_values(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+# float32 blocks (every CPU score block) skip the float64 bit patterns: the top 17 bits of a float32
+# (sign, 8 exponent, 7+1 mantissa bits) fix its float64 bin whenever the float32 is normal, so the
+# histogram is counted over 2^17 float32 keys and folded into the 2^20 float64 bins through a table.
+# Values with a zero float32 exponent (±0 and subnormals) are binned exactly in float64.
+_F32_SHIFT = 15
+_F32_KEYS = 1 << 17
+
+
+def _f32_keys(x32: np.ndarray) -> np.ndarray:
+    """The top 17 bits of each float32 (sign, exponent, 8 mantissa bits) as a key in [0, 2^17): the
+    table below gives each key its float64 bin, so the key itself need not be ordered."""
+    return x32.view(np.uint32) >> _F32_SHIFT
+
+
+def _f32_table() -> tuple[np.ndarray, np.ndarray]:
+    """For each float32 key: the float64 bin of its values, and whether the key is exact (normal)."""
+    bits = np.arange(_F32_KEYS, dtype=np.uint32) << _F32_SHIFT
+    with np.errstate(invalid="ignore"):  # the table covers NaN bit patterns too (marked inexact below)
+        values = bits.view(np.float32).astype(np.float64)
+    exponent = (bits >> 23) & 0xFF
+    exact = (exponent != 0) & (exponent != 0xFF)
+    table = np.where(exact, _bins_np(np.where(exact, values, 0.0)), 0)
+    return table.astype(np.int64), exact
+
+
+_F32_TABLE: Optional[tuple[np.ndarray, np.ndarray]] = None
+
+
+def _f32_histogram(x32: np.ndarray) -> np.ndarray:
+    """The exact 2^20-bin float64 histogram of float32 values, counted over float32 keys."""
+    global _F32_TABLE
+    if _F32_TABLE is None:
+        _F32_TABLE = _f32_table()
+    table, exact = _F32_TABLE
+    keys = _f32_keys(x32).view(np.int32)  # < 2^17: fits; torch counts int32 keys without numpy's cast to intp
+    counts = torch.bincount(torch.from_numpy(keys), minlength=_F32_KEYS).numpy()
+    hist = np.bincount(table[exact], weights=counts[exact], minlength=_NBINS).astype(np.int64)
+    if counts[~exact].any():  # zeros, subnormals (or inf): bin those few values exactly
+        odd = x32[((x32.view(np.int32) & 0x7F800000) == 0) | ~np.isfinite(x32)]
+        hist += np.bincount(_bins_np(odd.astype(np.float64) + 0.0), minlength=_NBINS)
+    return hist
+
+
 class _ImpostorPass:
     """Streaming reduction of impostor blocks: exact-bin histogram, count, min, mean and M2."""
 
@@ -133,6 +177,8 @@ class _ImpostorPass:
         self.min = math.inf
 
     def add(self, values: "np.ndarray | torch.Tensor") -> None:
+        if isinstance(values, torch.Tensor) and values.device.type == "cpu" and values.dtype == torch.float32:
+            return self._add_f32(np.ascontiguousarray(values.numpy()).reshape(-1))
         x = _clean(values)
         nb = int(x.size if isinstance(x, np.ndarray) else x.numel())
         if nb == 0:
@@ -158,6 +204,26 @@ class _ImpostorPass:
         self.m2 += m2b + delta * delta * self.n * nb / n
         self.n = n
 
+    def _add_f32(self, x32: np.ndarray) -> None:
+        """The same statistics from a float32 block without float64 bit work (see :func:`_f32_histogram`)."""
+        nb = int(x32.size)
+        if nb == 0:
+            return
+        mb = float(np.add.reduce(x32, dtype=np.float64)) / nb  # float64 accumulation, no float64 copy
+        if math.isnan(mb):
+            raise ValueError("scores contain NaN")
+        self.min = min(self.min, float(x32.min()) + 0.0)
+        if self.hist is None:
+            self.hist = np.zeros(_NBINS, np.int64)
+        self.hist += _f32_histogram(x32)
+        # Σx² − n·mean² in float64 (products of float32 are exact there): no cancellation at |mean| ≪ std
+        m2b = max(float(np.einsum("i,i->", x32, x32, dtype=np.float64)) - nb * mb * mb, 0.0)
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean += delta * nb / n
+        self.m2 += m2b + delta * delta * self.n * nb / n
+        self.n = n
+
     def histogram(self) -> np.ndarray:
         if self.hist is None:
             return np.zeros(_NBINS, np.int64)
@@ -169,8 +235,18 @@ def _fetch(blocks: Iterable["np.ndarray | torch.Tensor"], ranges: list[tuple[int
     if not ranges:
         return np.zeros(0, np.float64)
     bounds = [(float(_edge_values(np.array([a]))[0][0]), float(_edge_values(np.array([z]))[1][0])) for a, z in ranges]
+    # the same bounds for float32 blocks: the float32 values inside [lo, hi] are those inside [lo32, hi32]
+    bounds32 = [(_f32_ceil(lo), _f32_floor(hi)) for lo, hi in bounds]
     parts = []
     for block in blocks:
+        if isinstance(block, torch.Tensor) and block.device.type == "cpu" and block.dtype == torch.float32:
+            x32 = block.numpy().reshape(-1)
+            mask = None
+            for lo, hi in bounds32:
+                m = (x32 >= lo) & (x32 <= hi)
+                mask = m if mask is None else (mask | m)
+            parts.append(x32[mask].astype(np.float64) + 0.0)
+            continue
         x = _as_float64(block)  # -0.0 == +0.0 in comparisons; cleaned after selection
         mask = None
         for lo, hi in bounds:
@@ -179,6 +255,18 @@ def _fetch(blocks: Iterable["np.ndarray | torch.Tensor"], ranges: list[tuple[int
         sel = x[mask] + 0.0
         parts.append(sel if isinstance(sel, np.ndarray) else sel.cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros(0, np.float64)
+
+
+def _f32_ceil(v: float) -> np.float32:
+    """Smallest float32 ≥ v (v a float64)."""
+    f = np.float32(v)
+    return np.nextafter(f, np.float32(np.inf)) if float(f) < v else f
+
+
+def _f32_floor(v: float) -> np.float32:
+    """Largest float32 ≤ v."""
+    f = np.float32(v)
+    return np.nextafter(f, np.float32(-np.inf)) if float(f) > v else f
 
 
 # ------------------------------------------------------------------------------ the ROC maths
@@ -438,8 +526,8 @@ DEFAULT_BLOCK_BYTES = {"cpu": 256 << 20, "cuda": 2 << 30}
 
 
 def _rows_per_block(n: int, block_bytes: int) -> int:
-    # per score: fp32 product, fp64 copy, int64 bins and their temporaries ≈ 48 bytes
-    return max(1, min(n, block_bytes // max(1, n * 48)))
+    # per score: fp32 product, fp64 copy, 4-byte key and temporaries ≈ 24 bytes (CUDA blocks: int64 bins ≈ 48)
+    return max(1, min(n, block_bytes // max(1, n * 24)))
 
 
 def _exact_blocks(lay: _Layout, rows: int, genuine_out: Optional[list[torch.Tensor]] = None,
@@ -449,18 +537,17 @@ def _exact_blocks(lay: _Layout, rows: int, genuine_out: Optional[list[torch.Tens
     dev = e.device
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        s = e[r0:r1] @ e[r0:].T  # columns r0..n-1
         cmax = int(ends[r1 - 1])  # identity of the block's last row ends here; beyond: all impostors
-        if cmax > r0:
-            sub = s[:, : cmax - r0]
+        if cmax > r0:  # the near-diagonal columns r0..cmax-1 hold the genuine pairs
+            sub = e[r0:r1] @ e[r0:cmax].T
             rr = torch.arange(r0, r1, device=dev)[:, None]
             cc = torch.arange(r0, cmax, device=dev)[None, :]
             end = ends[r0:r1, None]
             if genuine_out is not None:
                 genuine_out.append(sub[(cc > rr) & (cc < end)].cpu())
             yield sub[cc >= end]
-        if cmax < n:
-            yield s[:, cmax - r0 :]
+        if cmax < n:  # columns cmax..n-1: every pair an impostor; one contiguous product, no copy
+            yield e[r0:r1] @ e[cmax:].T
         if advance is not None:
             advance(r1 - r0)
 
@@ -528,7 +615,7 @@ def separability(
     max_impostors: Optional[int] = None,
     seed: int = 0,
     block_bytes: Optional[int] = None,
-    cache_bytes: int = 512 << 20,
+    cache_bytes: int = 1 << 30,
     progress: Optional[Callable[[str, int], Callable[[int], None]]] = None,
 ) -> SeparabilityResult:
     """Exact separability of L2-normalised embeddings grouped by ``labels`` (functional form).
@@ -570,10 +657,18 @@ def separability(
 
         acc = _ImpostorPass()
         cached: list[torch.Tensor] | None = [] if total * 4 <= cache_bytes else None
-        for block in make():
-            acc.add(block)
-            if cached is not None:
-                cached.append(block.reshape(-1).clone())
+        # the reduction of block k (numpy, one thread) overlaps the product of block k+1 (torch); blocks
+        # are reduced one at a time in order, so the result is the sequential one exactly
+        with ThreadPoolExecutor(1, thread_name_prefix="frbench-separability") as reducer:
+            pending = None
+            for block in make():
+                if pending is not None:
+                    pending.result()
+                pending = reducer.submit(acc.add, block)
+                if cached is not None:  # blocks are fresh tensors of their own: kept as they are
+                    cached.append(block.reshape(-1))
+            if pending is not None:
+                pending.result()
         second: BlockSource = (lambda: iter(cached)) if cached is not None else make
         genuine = torch.cat(genuine_parts).numpy() if genuine_parts else np.zeros(0)
         if len(genuine) != n_gen:  # pragma: no cover - layout invariant
@@ -604,7 +699,7 @@ class SeparabilityMetric:
     """
 
     def __init__(self, *, device: str | torch.device = "cpu", max_impostors: Optional[int] = None, seed: int = 0,
-                 block_bytes: Optional[int] = None, cache_bytes: int = 512 << 20):
+                 block_bytes: Optional[int] = None, cache_bytes: int = 1 << 30):
         self.kwargs = dict(device=device, max_impostors=max_impostors, seed=seed, block_bytes=block_bytes,
                            cache_bytes=cache_bytes)
         self.reset()
