@@ -931,7 +931,7 @@ def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, sta
     workdir = Path(run_workdir or ctx.obj.get("workdir") or cfg.workdir)
     ctx.obj["workdir"] = workdir
     if not dry_run:
-        check_writable(workdir, directory=True)
+        check_writable(workdir, directory=True)  # probes the nearest existing folder; creates nothing
     if cfg.demo:
         console.print("[bold yellow]plumbing demo:[/bold yellow] tiny random-weight models — the numbers mean nothing", highlight=False)
         cfg = apply_demo(cfg, workdir)
@@ -940,6 +940,10 @@ def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, sta
     _print_plan(plan)
     if dry_run:
         return
+    if not cfg.demo:  # the demo makes its own tiny artefacts
+        from .doctor import preflight
+
+        preflight(cfg, {ps.stage.name for ps in plan.stages if ps.status != "cached"})
     tracker = _make_tracker(ctx, cfg, tracking_uri, no_track, experiment)
     tags = {k: v for k, v in (("generator", cfg.generate.generator if "generate" in cfg.model_fields_set else None),
                               ("config", str(config_path)),

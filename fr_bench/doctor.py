@@ -49,6 +49,7 @@ class Need:
     path: Optional[Path]
     present: bool
     where: str
+    optional: bool = False  # a metric that is skipped, not failed, without it (LPIPS, FID backbones)
 
 
 def environment() -> list[tuple[str, str]]:
@@ -85,6 +86,20 @@ def _file(section: str, what: str, path: Any, where: str, *, folder: bool = Fals
     p = None if path is None else Path(path)
     ok = p is not None and (p.is_dir() if folder else p.is_file())
     return Need(section, what, p, ok, where)
+
+
+def preflight(cfg: Any, stages: set[str]) -> None:
+    """Every file the planned ``stages`` will read, checked before anything runs: all problems in one
+    :class:`~fr_bench.errors.InputError` (exit 2), nothing created."""
+    from .errors import InputError
+
+    section_stage = {"inputs": None}
+    missing = [n for n in requirements(cfg) if not n.present and not n.optional
+               and (n.section in stages or section_stage.get(n.section, n.section) is None)]
+    if missing:
+        items = "; ".join(f"{n.section}: {n.what} — {n.path if n.path is not None else 'not set'}" for n in missing)
+        raise InputError(None, f"{len(missing)} missing before anything ran (nothing was created; `frbench doctor CONFIG` "
+                               f"says where to get each): {items}")
 
 
 def requirements(cfg: Any) -> list[Need]:
@@ -143,10 +158,14 @@ def requirements(cfg: Any) -> list[Need]:
             needs.append(_file("metrics", "FR model for separability (metrics.fr_model)", mc.fr_model, WHERE["fr_model"]))
         if mc.reference is not None:
             needs.append(_file("metrics", "real reference set", mc.reference, WHERE["yours"], folder=True))
-        needs.append(_file("metrics", "LPIPS VGG16 weights", mc.vgg16_weights or hub_checkpoint("vgg16-397923af.pth"), WHERE["vgg16"]))
+        vgg = _file("metrics", "LPIPS VGG16 weights", mc.vgg16_weights or hub_checkpoint("vgg16-397923af.pth"), WHERE["vgg16"])
+        vgg.optional = mc.vgg16_weights is None  # a configured file must exist; the hub copy is optional
+        needs.append(vgg)
         if mc.reference is not None:
-            needs.append(_file("metrics", "Inception weights (FID, P/R)",
-                               mc.inception_weights or hub_checkpoint("weights-inception-2015-12-05-6726825d.pth"), WHERE["inception"]))
+            inc = _file("metrics", "Inception weights (FID, P/R)",
+                        mc.inception_weights or hub_checkpoint("weights-inception-2015-12-05-6726825d.pth"), WHERE["inception"])
+            inc.optional = mc.inception_weights is None
+            needs.append(inc)
         for key in ("training_images", "training_embeddings", "training_labels"):
             if getattr(mc, key) is not None:
                 needs.append(_file("metrics", f"leakage {key}", getattr(mc, key), WHERE["yours"], folder=key == "training_images"))

@@ -134,6 +134,7 @@ def test_scaffolded_package_passes_its_own_tests(scaffold):
     assert "8 passed, 1 skipped" in res.stdout  # the skip: entry-point check, package not installed
 
 
+@pytest.mark.slow
 def test_installed_scaffold_is_listed_and_found_by_name(scaffold, tmp_path):
     pytest.importorskip("setuptools", reason="pip install --no-build-isolation needs setuptools in the venv")
     site = tmp_path / "site"

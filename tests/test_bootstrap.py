@@ -61,6 +61,7 @@ def _phi(x: float) -> float:
     return 0.5 * (1 + erf(x / sqrt(2)))
 
 
+@pytest.mark.slow
 def test_95_percent_intervals_cover_a_known_eer_in_about_95_percent_of_seeds() -> None:
     """Scores with identity effects: genuine μG + a_i + ε, impostor μI + b_i + b_j + η, so the
     population EER is Φ(−(μG − μI)/(σG + σI)) with σG² = τ² + σ², σI² = 2β² + η²."""

@@ -32,6 +32,7 @@ def five_dir(tmp_path: Path, bin_dir: Path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_json_has_documented_schema_and_lists_absent_benchmarks(tmp_path: Path, tiny_iresnet_path: Path, bin_dir: Path) -> None:
     out = tmp_path / "r.json"
     res = run(["--workdir", str(tmp_path / "w"), "eval", "--model", str(tiny_iresnet_path), "--data-dir", str(bin_dir),
@@ -61,6 +62,7 @@ def test_accuracy_equals_reference_on_the_models_embeddings(tmp_path: Path, tiny
     assert doc["accuracy_std"] == pytest.approx(ref_std, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_five_benchmarks_give_the_average(tmp_path: Path, tiny_onnx_path: Path, five_dir: Path) -> None:
     out = tmp_path / "r.json"
     res = run(["eval", "--model", str(tiny_onnx_path), "--data-dir", str(five_dir), "--output", str(out), "--no-track"])
@@ -71,6 +73,7 @@ def test_five_benchmarks_give_the_average(tmp_path: Path, tiny_onnx_path: Path, 
     assert "Avg (5)" in res.output
 
 
+@pytest.mark.slow
 def test_logs_params_metrics_and_json_to_mlflow(tmp_path: Path, tiny_iresnet_path: Path, bin_dir: Path) -> None:
     import mlflow
 
@@ -86,6 +89,7 @@ def test_logs_params_metrics_and_json_to_mlflow(tmp_path: Path, tiny_iresnet_pat
     assert [a.path for a in client.list_artifacts(run_info.info.run_id)] == ["eval.json"]
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_warns_once_and_still_writes(tmp_path: Path, tiny_iresnet_path: Path, bin_dir: Path) -> None:
     out = tmp_path / "r.json"
     res = run(["eval", "--model", str(tiny_iresnet_path), "--data-dir", str(bin_dir), "--benchmarks", "lfw",
@@ -95,6 +99,7 @@ def test_unreachable_tracking_server_warns_once_and_still_writes(tmp_path: Path,
     assert json.loads(out.read_text())["benchmarks"]["lfw"]["pairs"] == 40
 
 
+@pytest.mark.slow
 def test_no_track_creates_no_store(tmp_path: Path, tiny_iresnet_path: Path, bin_dir: Path) -> None:
     work = tmp_path / "w"
     res = run(["--workdir", str(work), "eval", "--model", str(tiny_iresnet_path), "--data-dir", str(bin_dir),
@@ -190,6 +195,7 @@ def test_config_typo_names_key_and_suggestion(tmp_path: Path, tiny_iresnet_path:
     assert f"{cfg}: unknown key 'eval.benchmark' (did you mean 'benchmarks'?)" in res.output
 
 
+@pytest.mark.slow
 def test_config_supplies_options(tmp_path: Path, tiny_iresnet_path: Path, bin_dir: Path) -> None:
     out = tmp_path / "r.json"
     cfg = tmp_path / "c.yaml"

@@ -64,6 +64,7 @@ def test_global_threshold_accepts_at_most_one_percent_of_pooled_impostors() -> N
         assert res["groups"][g]["fnmr"] == pytest.approx(np.mean(d[g][same[g]] >= t))
 
 
+@pytest.mark.slow
 def test_rfw_group_accuracies_equal_each_pack_scored_alone(tmp_path: Path, rfw_dir: Path, tiny_iresnet_path: Path) -> None:
     out = tmp_path / "rfw.json"
     res = run("eval", "--model", tiny_iresnet_path, "--data-dir", rfw_dir, "--benchmarks", "rfw", "--no-flip", "--no-track", "--output", out)
@@ -83,6 +84,7 @@ def test_rfw_group_accuracies_equal_each_pack_scored_alone(tmp_path: Path, rfw_d
     assert "ddof=1" in rfw["std_rule"] and 0 <= rfw["global_threshold"]["fmr"] <= 0.01
 
 
+@pytest.mark.slow
 def test_a_declared_group_benchmark_works_like_rfw(tmp_path: Path, rfw_dir: Path, tiny_iresnet_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("eval:\n  groups:\n    halves: [African_test.bin, Indian_test.bin]\n")

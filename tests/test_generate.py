@@ -67,6 +67,7 @@ def one_line(output: str) -> str:
     return " ".join(output.split())
 
 
+@pytest.mark.slow
 def test_batch_size_and_shards_do_not_change_a_single_pixel(model_dir, contexts, tmp_path):
     for bs, out in (("2", "b2"), ("5", "b5"), ("1", "b1")):
         res = generate(*base(model_dir, contexts, tmp_path / out, "--batch-size", bs))
@@ -99,6 +100,7 @@ def test_manifest_lists_every_image_with_its_seed(model_dir, contexts, tmp_path)
     assert settings["seed"] == 7 and settings["adapter"]["steps"] == 8 and settings["adapter"]["guidance"] == "none"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(model_dir, contexts, tmp_path):
     args = ["--generator", "idiff-face", "--weights", str(model_dir), "--identities", str(contexts),
             "--per-identity", "5", "--steps", "20", "--batch-size", "2", "--device", "cpu"]
