@@ -917,17 +917,19 @@ def doctor_cmd(config_path: Path | None) -> None:
 @click.option("--from", "start", default=None, help="First stage to run; earlier stages must be finished.")
 @click.option("--until", default=None, help="Last stage to run.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key, e.g. --set runtime.dtype=bf16 --set eval.data_dir=/data/bins (repeatable).")
 @tracking_options
 @click.pass_context
 def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, start: str | None, until: str | None,
-            dry_run: bool, tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
+            dry_run: bool, sets: tuple[str, ...], tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
     """Run the whole chain of CONFIG: identities → generate → align → train → eval, metrics."""
     from .config import load_config
     from .pipeline import execute, make_plan
     from .progress import progress_factory
+    from .recipes import parse_set
     from .stages import STAGES, apply_demo
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, overrides=parse_set(sets))
     workdir = Path(run_workdir or ctx.obj.get("workdir") or cfg.workdir)
     ctx.obj["workdir"] = workdir
     if not dry_run:

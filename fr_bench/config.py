@@ -338,14 +338,21 @@ def validate(data: dict[str, Any], model: type[BaseModel] = Config, source: str 
         raise ConfigError(format_validation_error(err, model, source)) from None
 
 
-def load_config(path: str | Path | None, model: type[BaseModel] = Config) -> Any:
-    """Read ``path`` (or defaults when None) into ``model``; errors name the file and key."""
-    if path is None:
-        return model()
-    path = shipped_config(Path(path))
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    return validate(read_yaml_mapping(path, "the top level must be a mapping of sections"), model, str(path))
+def load_config(path: str | Path | None, model: type[BaseModel] = Config, overrides: Optional[dict[str, Any]] = None) -> Any:
+    """Read ``path`` (or defaults when None) into ``model``, with ``overrides`` (nested, as ``--set``
+    gives them) merged over the file; errors name the file and key."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = shipped_config(Path(path))
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        data, source = read_yaml_mapping(path, "the top level must be a mapping of sections"), str(path)
+    if overrides:
+        from .recipes import merge  # recipes imports this module: imported here, not at the top
+
+        data, source = merge(data, overrides), f"{source} with --set"
+    return validate(data, model, source) if (path is not None or overrides) else model()
 
 
 def config_root() -> Path:

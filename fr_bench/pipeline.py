@@ -9,6 +9,7 @@ are then not part of the run.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Callable
 from . import __version__
 from .cache import RunLock, StageDir, path_digest, stable_hash
 from .errors import ConfigError, InputError
+from .io import write_json_atomic
 
 #: stage params copied onto the parent run (what the leaderboard shows for a row)
 PARENT_PARAMS = ("generator", "identities", "per_identity", "recipe", "identity_source")
@@ -67,6 +69,10 @@ class Plan:
 
     def hashes(self) -> dict[str, str]:
         return {p.stage.name: p.hash[:12] for p in self.stages}
+
+
+#: the run dir file listing the MLflow runs of the invocation in progress
+RUNS_LEDGER = ".mlflow-runs.json"
 
 
 def _section_dump(cfg: Any, name: str) -> Any:
@@ -176,11 +182,28 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
     results: dict[str, Any] = {}
     outputs: dict[str, Path] = dict(plan.external)
     hashes = plan.hashes()
+    tags = dict(run_tags or {})
+    # what the MLflow UI lists: which config, which generator, which computation
+    run_name = f"{getattr(cfg, 'name', None) or plan.run_dir.name} · {tags.get('generator') or 'no generator'} · {stable_hash(hashes)[:8]}"
     with RunLock(plan.run_dir):
-        parent_cm = tracker.start_run(f"run {plan.run_dir.name}", tags={
+        ledger = plan.run_dir / RUNS_LEDGER  # MLflow runs of the invocation in progress on this run dir
+        if tracker is not None and ledger.is_file():  # a process killed mid-run left them RUNNING
+            try:
+                tracker.mark_killed(json.loads(ledger.read_text()))
+            except ValueError:
+                pass
+        open_runs: list[str] = []
+
+        def opened(run: Any) -> None:
+            if run is not None and getattr(run, "run_id", None):
+                open_runs.append(run.run_id)
+                write_json_atomic(ledger, open_runs)
+
+        parent_cm = tracker.start_run(run_name, tags={
             "frbench.stage": "run", "frbench.stage_hashes": ",".join(f"{k}:{v}" for k, v in hashes.items()),
-            **{f"frbench.hash.{k}": v for k, v in hashes.items()}, **(run_tags or {})}) if tracker else nullcontext(None)
+            **{f"frbench.hash.{k}": v for k, v in hashes.items()}, **tags}) if tracker else nullcontext(None)
         with parent_cm as parent:
+            opened(parent)
             if parent is not None and getattr(parent, "active", False):
                 parent.log_dict(cfg.model_dump(mode="json"), "config.json")
             for ps in plan.stages:
@@ -189,6 +212,7 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
                 child_cm = tracker.start_run(name, tags={"frbench.stage": name, "frbench.hash": ps.hash[:12],
                                                          "frbench.cached": ps.status == "cached"}, nested=True) if tracker else nullcontext(None)
                 with child_cm as child:
+                    opened(child)
                     if ps.status == "cached":
                         summary = ps.dir.read_done()["summary"]
                     else:
@@ -214,4 +238,5 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
                 results[name] = summary
                 if on_stage is not None:
                     on_stage(ps, summary)
+        ledger.unlink(missing_ok=True)  # every run of this invocation ended
     return results

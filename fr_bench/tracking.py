@@ -43,8 +43,8 @@ class RunLogger:
             return
         try:
             fn()
-        except Exception as err:  # tracking must never cost the results
-            self._tracker._fail(f"could not log {what}", err)
+        except Exception as err:  # tracking must never cost the results; this call alone is lost
+            self._tracker._fail_call(f"could not log {what}", err)
 
     # Every call names this run's id explicitly, so a parent run can still be written to while one of
     # its children is the active run.
@@ -103,6 +103,30 @@ class Tracker:
         self._warn = warn or (lambda msg: None)
         self.mlflow: Any = None
         self.client: Any = None
+        self._warned: set[str] = set()
+
+    def _fail_call(self, what: str, err: BaseException) -> None:
+        """One logging call failed: warn once per kind of call, keep logging the later ones."""
+        if what not in self._warned:
+            self._warned.add(what)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            self._warn(f"tracking: {what} at {self.uri} ({first}); later calls are still tried")
+
+    def mark_killed(self, run_ids: list[str]) -> list[str]:
+        """Runs a killed process left RUNNING are ended as KILLED; returns the ids that were."""
+        if not self.enabled or not run_ids:
+            return []
+        killed = []
+        try:
+            if self.mlflow is None:
+                self._connect()
+            for rid in run_ids:
+                if self.client.get_run(rid).info.status == "RUNNING":
+                    self.client.set_terminated(rid, status="KILLED")
+                    killed.append(rid)
+        except Exception as err:
+            self._fail_call("could not mark a killed run", err)
+        return killed
 
     def _fail(self, what: str, err: BaseException) -> None:
         if self.enabled:

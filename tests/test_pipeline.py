@@ -143,3 +143,25 @@ def test_runtime_dtype_or_device_changes_the_hash_of_generate_train_and_eval_but
     for stage in ("generate", "train", "eval"):
         assert bf16[stage] != ref[stage] and cuda[stage] != ref[stage], stage
     assert batch == ref  # speed settings do not change results
+
+
+def test_runs_a_killed_invocation_left_running_are_marked_killed_by_the_next(tmp_path: Path, cfg, monkeypatch) -> None:
+    from fr_bench.pipeline import RUNS_LEDGER
+    from fr_bench.tracking import Tracker, search_runs
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(tmp_path, experiment="killed", warn=pytest.fail)
+    plan = make_plan(cfg, _stages([]), tmp_path, "r")
+    # what kill -9 leaves: a parent and a child run still RUNNING, listed in the run dir's ledger
+    with tracker.start_run("warm-up"):
+        pass
+    exp = tracker.client.get_experiment_by_name("killed").experiment_id
+    stale = [tracker.client.create_run(exp, run_name=n).info.run_id for n in ("old parent", "old child")]
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    (plan.run_dir / RUNS_LEDGER).write_text(json.dumps(stale))
+    execute(plan, cfg, tmp_path, tracker=tracker, run_tags={"generator": "idiff-face"})
+    runs = {r["run_id"]: r for r in search_runs(tracker.uri, "killed")}
+    assert [runs[r]["status"] for r in stale] == ["KILLED", "KILLED"]
+    parent = next(r for r in runs.values() if r["tags"].get("frbench.stage") == "run")
+    assert parent["status"] == "FINISHED" and parent["name"].startswith("r · idiff-face · ")
+    assert not (plan.run_dir / RUNS_LEDGER).exists()  # a clean end leaves nothing to mark

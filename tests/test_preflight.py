@@ -29,3 +29,19 @@ metrics: {{fr_model: {tmp_path / 'no-fr.onnx'}}}
     for name in ("no-model", "lfw.bin", "no-fr.onnx"):
         assert name in line, name
     assert not work.exists()  # no run dir, no stage dir, no store
+
+
+def test_set_overrides_any_config_key_and_a_typo_names_the_closest(tmp_path: Path) -> None:
+    from fr_bench.config import load_config
+    from fr_bench.errors import ConfigError
+    from fr_bench.recipes import parse_set
+
+    cfg = load_config("configs/demo.yaml", overrides=parse_set(["runtime.dtype=bf16", "train.overrides.epochs=1"]))
+    assert cfg.runtime.dtype == "bf16" and cfg.train.overrides["epochs"] == 1 and cfg.demo
+    import pytest
+
+    with pytest.raises(ConfigError, match="dtyp"):
+        load_config("configs/demo.yaml", overrides=parse_set(["runtime.dtyp=bf16"]))
+    res = CliRunner().invoke(cli, ["run", "configs/demo.yaml", "--set", "runtime.dtype=bf16", "--dry-run",
+                                   "--workdir", str(tmp_path / "w")], obj={})
+    assert res.exit_code == 0, res.output
