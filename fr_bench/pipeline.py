@@ -71,6 +71,33 @@ class Plan:
         return {p.stage.name: p.hash[:12] for p in self.stages}
 
 
+def provenance() -> dict[str, Any]:
+    """frbench's version, the git commit of its checkout when there is one, and the versions of the
+    packages that decide results."""
+    import subprocess
+    from importlib import metadata
+
+    commit = None
+    root = Path(__file__).resolve().parent.parent
+    if (root / ".git").exists():
+        try:
+            out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+            commit = out.stdout.strip() or None
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            commit = f"{commit}+dirty" if commit and dirty else commit
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    packages = {}
+    for dist in ("torch", "torchvision", "numpy", "onnxruntime", "insightface", "diffusers", "transformers", "lpips",
+                 "torch-fidelity", "facenet-pytorch", "mlflow"):
+        try:
+            packages[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"frbench": __version__, "git_commit": commit, "packages": packages}
+
+
 #: the run dir file listing the MLflow runs of the invocation in progress
 RUNS_LEDGER = ".mlflow-runs.json"
 
@@ -199,7 +226,9 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
                 open_runs.append(run.run_id)
                 write_json_atomic(ledger, open_runs)
 
+        prov = provenance()
         parent_cm = tracker.start_run(run_name, tags={
+            "frbench.version": __version__, "frbench.git_commit": prov["git_commit"] or "none",
             "frbench.stage": "run", "frbench.stage_hashes": ",".join(f"{k}:{v}" for k, v in hashes.items()),
             **{f"frbench.hash.{k}": v for k, v in hashes.items()}, **tags}) if tracker else nullcontext(None)
         with parent_cm as parent:
@@ -222,8 +251,11 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
                         t0 = time.perf_counter()
                         summary = ps.stage.run(ctx)
                         ps.dir.mark_done({"stage": name, "hash": ps.hash, "inputs": {k: str(v) for k, v in ins.items()},
-                                          "frbench_version": __version__, "seconds": round(time.perf_counter() - t0, 3),
-                                          "summary": summary})
+                                          "input_hashes": {d: hashes[d] for d in ins if d in hashes},
+                                          "config": _section_dump(cfg, name), "runtime": resolved_runtime(cfg),
+                                          "output_digest": path_digest(ps.dir.path),
+                                          "frbench_version": __version__, **prov,
+                                          "seconds": round(time.perf_counter() - t0, 3), "summary": summary})
                     if child is not None and getattr(child, "active", False):
                         child.log_metrics({k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))})
                         child.log_params({k: v for k, v in summary.get("params", {}).items()})

@@ -165,3 +165,12 @@ def test_runs_a_killed_invocation_left_running_are_marked_killed_by_the_next(tmp
     parent = next(r for r in runs.values() if r["tags"].get("frbench.stage") == "run")
     assert parent["status"] == "FINISHED" and parent["name"].startswith("r · idiff-face · ")
     assert not (plan.run_dir / RUNS_LEDGER).exists()  # a clean end leaves nothing to mark
+
+
+def test_done_json_records_provenance(tmp_path: Path, cfg) -> None:
+    plan = make_plan(cfg, _stages([]), tmp_path, "r")
+    execute(plan, cfg, tmp_path)
+    done = json.loads((plan.stages[1].dir.path / "DONE.json").read_text())  # generate, fed by identities
+    assert done["frbench"] and "torch" in done["packages"] and "git_commit" in done
+    assert done["input_hashes"] == {"identities": plan.stages[0].hash[:12]} and done["config"] == {}
+    assert len(done["output_digest"]) == 64 and set(done["runtime"]) <= {"device_type", "dtype"}
