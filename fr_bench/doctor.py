@@ -154,7 +154,7 @@ def requirements(cfg: Any) -> list[Need]:
                 needs.append(_file("eval", f"{name}.bin", d / f"{name}.bin", WHERE["bin"]))
     if "metrics" in fields:
         mc = cfg.metrics
-        if mc.fr_model is not None:
+        if mc.fr_model is not None or not cfg.demo:
             needs.append(_file("metrics", "FR model for separability (metrics.fr_model)", mc.fr_model, WHERE["fr_model"]))
         if mc.reference is not None:
             needs.append(_file("metrics", "real reference set", mc.reference, WHERE["yours"], folder=True))

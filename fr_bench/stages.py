@@ -166,9 +166,13 @@ def run_metrics_stage(ctx: StageContext) -> dict[str, Any]:
     from .metrics_stage import MetricsRequest, run_metrics, tracking_metrics, tracking_params
 
     mc, rt = ctx.section, ctx.cfg.runtime
-    fr_model = mc.fr_model or (model_of(ctx.inputs["train"]) if "train" in ctx.inputs else None)
+    # separability and consistency are measured with the protocol's fixed FR model (AdaptDiff Table 3:
+    # ElasticFace-Cos R100), never with the recognizer this run trained on the data being judged
+    fr_model = mc.fr_model
     if fr_model is None:
-        raise ConfigError("metrics.fr_model: an FR model is needed (or a train stage / inputs.model in the run)")
+        raise ConfigError("metrics.fr_model: set the FR model that separability and identity consistency are measured "
+                          "with (the papers use a fixed strong model, e.g. ElasticFace-Cos R100); the recognizer this "
+                          "run trains is not used for them")
     req = MetricsRequest(dataset=dataset_of(ctx.inputs["align"]), cfg=mc, fr_model=Path(fr_model), reference=mc.reference,
                          asked={k: False for k in ("separability", "consistency", "lpips", "prc", "fid")},
                          device=rt.device, dtype=rt.dtype, batch_size=rt.batch_size, workers=rt.workers,
@@ -202,6 +206,6 @@ STAGES: dict[str, Stage] = {
     "align": Stage("align", ("generate",), run_align, describe=lambda cfg: f"detector {cfg.align.detector}"),
     "train": Stage("train", ("align",), run_train, describe=describe_train),
     "eval": Stage("eval", ("train",), run_eval_stage, describe=describe_eval),
-    "metrics": Stage("metrics", ("align",), run_metrics_stage, optional=("train",),
+    "metrics": Stage("metrics", ("align",), run_metrics_stage,
                      describe=lambda cfg: f"{cfg.metrics.identities} ids × {cfg.metrics.per_identity} images"),
 }
