@@ -7,6 +7,7 @@ options override the file; the file overrides the defaults.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -284,6 +285,7 @@ class Config(Section):
     """A whole frbench config file."""
 
     name: Optional[str] = None
+    paths: dict[str, str] = {}  # the local paths a paper config leaves to the user; used as ${paths.NAME}
     workdir: Path = Path("frbench-work")
     seed: int = 0
     demo: bool = False  # fill missing weights/benchmarks with tiny random artefacts (configs/demo.yaml)
@@ -352,7 +354,33 @@ def load_config(path: str | Path | None, model: type[BaseModel] = Config, overri
         from .recipes import merge  # recipes imports this module: imported here, not at the top
 
         data, source = merge(data, overrides), f"{source} with --set"
+    data = resolve_paths(data, source)
     return validate(data, model, source) if (path is not None or overrides) else model()
+
+
+def resolve_paths(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Replace ``${paths.NAME}`` in every string value by the config's ``paths.NAME``."""
+    paths = data.get("paths") or {}
+    if not isinstance(paths, dict):
+        raise ConfigError(f"{source}: 'paths' must be a mapping of names to local paths")
+
+    def sub(value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            return {k: sub(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [sub(v, where) for v in value]
+        if isinstance(value, str) and "${" in value:
+            def one(m: "re.Match[str]") -> str:
+                name = m.group(1)
+                if name not in paths:
+                    close = difflib.get_close_matches(name, list(paths), n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else f" (paths: {', '.join(paths) or 'none'})"
+                    raise ConfigError(f"{source}: {where} refers to ${{paths.{name}}}, which the 'paths' block does not define{hint}")
+                return str(paths[name])
+            return re.sub(r"\$\{paths\.([A-Za-z0-9_\-]+)\}", one, value)
+        return value
+
+    return {k: (v if k == "paths" else sub(v, k)) for k, v in data.items()}
 
 
 def config_root() -> Path:
