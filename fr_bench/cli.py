@@ -936,7 +936,7 @@ def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, sta
         check_writable(workdir, directory=True)  # probes the nearest existing folder; creates nothing
     if cfg.demo:
         console.print("[bold yellow]plumbing demo:[/bold yellow] tiny random-weight models — the numbers mean nothing", highlight=False)
-        cfg = apply_demo(cfg, workdir)
+        cfg = apply_demo(cfg, workdir, create=not dry_run)
     run_name = cfg.name or config_path.stem
     plan = make_plan(cfg, STAGES, workdir, run_name, start=start, until=until)
     _print_plan(plan)

@@ -109,10 +109,12 @@ def write_tiny_fr_model(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def prepare_demo(workdir: Path) -> DemoAssets:
-    """Create (once) the demo artefacts under ``<workdir>/demo-assets/v<N>``."""
+def prepare_demo(workdir: Path, create: bool = True) -> DemoAssets:
+    """Create (once) the demo artefacts under ``<workdir>/demo-assets/v<N>``; ``create=False`` only names them."""
     root = Path(workdir) / "demo-assets" / f"v{DEMO_VERSION}"
     gen, bins, fr = root / "idiff-face-tiny", root / "benchmarks", root / "fr-r18-random.pt"
+    if not create:  # a dry run plans with the paths and writes nothing
+        return DemoAssets(gen, bins, fr)
     if not (gen / ".hydra" / "config.yaml").is_file():
         write_tiny_idiff_face(gen)
     if not all((bins / f"{n}.bin").is_file() for n in ("lfw", "cfp_fp", "cplfw", "agedb_30", "calfw")):

@@ -183,11 +183,11 @@ def run_metrics_stage(ctx: StageContext) -> dict[str, Any]:
             "artifacts": [str(ctx.out_dir / "metrics.json"), *map(str, doc.get("artifacts", []))]}
 
 
-def apply_demo(cfg: Any, workdir: Path) -> Any:
+def apply_demo(cfg: Any, workdir: Path, create: bool = True) -> Any:
     """Fill the demo config's missing weights and benchmark folder with tiny random artefacts."""
     from .demo import prepare_demo
 
-    assets = prepare_demo(workdir)
+    assets = prepare_demo(workdir, create=create)
     update: dict[str, Any] = {}
     if cfg.generate.weights is None:
         update["generate"] = cfg.generate.model_copy(update={"weights": assets.generator})

@@ -63,3 +63,11 @@ def test_a_paper_config_run_without_its_files_names_each_missing_path_and_create
     for k in ("weights", "benchmarks", "separability_fr_model"):
         assert str(tmp_path / k) in res.output.replace("\n", ""), k
     assert not work.exists()
+
+
+def test_a_dry_run_of_the_demo_writes_nothing(tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    res = CliRunner().invoke(cli, ["run", "configs/demo.yaml", "--dry-run", "--workdir", str(work)], obj={},
+                             terminal_width=200)
+    assert res.exit_code == 0 and _stages(res.output) == CHAIN, res.output
+    assert not work.exists()
