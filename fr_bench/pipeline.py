@@ -231,6 +231,7 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
             "frbench.version": __version__, "frbench.git_commit": prov["git_commit"] or "none",
             "frbench.stage": "run", "frbench.stage_hashes": ",".join(f"{k}:{v}" for k, v in hashes.items()),
             **{f"frbench.hash.{k}": v for k, v in hashes.items()}, **tags}) if tracker else nullcontext(None)
+        parent_bare: set[str] = set()
         with parent_cm as parent:
             opened(parent)
             if parent is not None and getattr(parent, "active", False):
@@ -264,8 +265,12 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
                                 child.log_artifact(art)
                     if parent is not None and getattr(parent, "active", False):
                         parent.log_metrics({k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))})
-                        # params are immutable in MLflow: the parent takes only the run-describing ones
-                        parent.log_params({k: v for k, v in summary.get("params", {}).items() if k in PARENT_PARAMS})
+                        # MLflow params are immutable: every stage's params go under "<stage>.", and the
+                        # few the leaderboard reads bare are logged once, by the first stage that has them
+                        params = summary.get("params", {})
+                        bare = {k: v for k, v in params.items() if k in PARENT_PARAMS and k not in parent_bare}
+                        parent_bare.update(bare)
+                        parent.log_params({**{f"{name}.{k}": v for k, v in params.items()}, **bare})
                 outputs[name] = ps.dir.path
                 results[name] = summary
                 if on_stage is not None:

@@ -27,6 +27,8 @@ def resolve_tracking_uri(workdir: str | Path, uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(workdir)
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
 class RunLogger:
     """Logging calls for one active run; every call is a no-op once tracking has failed."""
 
@@ -162,7 +164,10 @@ class Tracker:
             if self.uri.startswith("sqlite:") or self.uri.startswith("file:"):
                 # keep artifacts beside the store, not in the caller's cwd
                 location = (self.workdir.resolve() / "mlartifacts").as_uri()
-            client.create_experiment(self.experiment, artifact_location=location)
+            exp = client.get_experiment(client.create_experiment(self.experiment, artifact_location=location))
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            # MLflow 3's UI opens an untagged experiment on its GenAI overview; this opens the runs table
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         mlflow.set_experiment(self.experiment)
 
     @contextmanager

@@ -174,3 +174,30 @@ def test_done_json_records_provenance(tmp_path: Path, cfg) -> None:
     assert done["frbench"] and "torch" in done["packages"] and "git_commit" in done
     assert done["input_hashes"] == {"identities": plan.stages[0].hash[:12]} and done["config"] == {}
     assert len(done["output_digest"]) == 64 and set(done["runtime"]) <= {"device_type", "dtype"}
+
+
+def test_the_experiment_is_tagged_so_the_mlflow_ui_opens_on_the_runs_table(tmp_path, monkeypatch):
+    from fr_bench.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(tmp_path, experiment="kind", warn=pytest.fail)
+    with tracker.start_run("one"):
+        pass
+    exp = tracker.client.get_experiment_by_name("kind")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+
+
+def test_parent_params_are_namespaced_per_stage_so_two_stages_never_collide(tmp_path, cfg, monkeypatch):
+    from fr_bench.tracking import Tracker, search_runs
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def stage(n: int):
+        return lambda ctx: {"params": {"identities": n, "seed": n}}
+
+    stages = {"identities": Stage("identities", (), stage(10050)), "generate": Stage("generate", ("identities",), stage(10000))}
+    tracker = Tracker(tmp_path, experiment="ns", warn=pytest.fail)  # a refused param would warn
+    execute(make_plan(cfg, stages, tmp_path, "r"), cfg, tmp_path, tracker=tracker)
+    parent = next(r for r in search_runs(tracker.uri, "ns") if r["tags"].get("frbench.stage") == "run")
+    assert parent["params"]["identities.identities"] == "10050" and parent["params"]["generate.identities"] == "10000"
+    assert parent["params"]["identities"] == "10050"  # the bare key the leaderboard reads: the first stage's
