@@ -355,6 +355,8 @@ def _load_done(out_dir: Path, settings: AlignSettings) -> dict[str, list[dict[st
             rec["landmarks"] = None if lm is None else [float(v) for v in lm]
             rec["score"] = None if rec.get("score") is None or np.isnan(rec["score"]) else float(rec["score"])
             rec["path"] = rec["path"] if isinstance(rec.get("path"), str) else None
+            for c in GENERATION_COLUMNS:  # re-read from the input's manifest when the manifest is written
+                rec.pop(c, None)
             done.setdefault(str(rec["identity"]), []).append(rec)
     state = out_dir / STATE_DIR
     if (state / "settings.json").is_file():
@@ -454,14 +456,50 @@ def align_folder(
 
     rows_all = [rec for name, _ in identities for rec in done.get(name, [])]
     summary = _summarise(input_dir, out_dir, settings, identities, rows_all, detector)
-    _write_manifest(out_dir / "manifest.parquet", rows_all)
+    carried, contexts = generation_meta(input_dir)
+    _write_manifest(out_dir / "manifest.parquet", [{**r, **carried.get(r["source"], {})} for r in rows_all], contexts)
     write_json_atomic(out_dir / "align.json", summary)
     if state.exists():  # finished: the manifest is now the record (and the tree stays an image folder)
         shutil.rmtree(state)
     return summary
 
 
-def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+GENERATION_COLUMNS = ("sample", "seed", "context_row")
+
+
+def generation_meta(input_dir: Path) -> tuple[dict[str, dict[str, int]], Optional[Path]]:
+    """What ``frbench generate`` recorded for each source image (sample, seed, context_row, keyed by the
+    path relative to ``input_dir``) and its identity-contexts file, so aligned images keep them."""
+    import pyarrow.parquet as pq
+
+    manifest = input_dir / "manifest.parquet"
+    if not manifest.is_file():
+        return {}, None
+    try:
+        table = pq.read_table(manifest)
+    except Exception:  # pyarrow raises several types; an unreadable file only means nothing is carried
+        return {}, None
+    if "path" not in table.column_names or "context_row" not in table.column_names:
+        return {}, None  # not a generation manifest (e.g. an aligned folder's own)
+    cols = {c: table.column(c).to_pylist() for c in ("path", *GENERATION_COLUMNS) if c in table.column_names}
+    carried = {str(p): {c: int(cols[c][i]) for c in GENERATION_COLUMNS if c in cols and cols[c][i] is not None}
+               for i, p in enumerate(cols["path"]) if p is not None}
+    contexts: Optional[Path] = None
+    gen = input_dir / "generate.json"
+    if gen.is_file():
+        try:
+            src = json.loads(gen.read_text()).get("identities")
+        except (OSError, json.JSONDecodeError):
+            src = None
+        contexts = Path(src) if src else None
+    hint = (table.schema.metadata or {}).get(b"frbench.contexts")
+    if contexts is None and hint:
+        p = Path(hint.decode("utf-8"))
+        contexts = p if p.is_absolute() else (input_dir / p).resolve()
+    return carried, contexts
+
+
+def _write_manifest(path: Path, rows: list[dict[str, Any]], contexts: Optional[Path] = None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -470,7 +508,9 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
     schema = pa.schema([("identity", pa.string()), ("source", pa.string()), ("path", pa.string()),
                         ("status", pa.string()), ("reason", pa.string()), ("faces", pa.int32()),
                         ("score", pa.float64()), ("landmarks", pa.list_(pa.float64())),
-                        ("width", pa.int32()), ("height", pa.int32())])
+                        ("width", pa.int32()), ("height", pa.int32()),
+                        *[(c, pa.int64()) for c in GENERATION_COLUMNS]],
+                       metadata={"frbench.contexts": str(contexts)} if contexts else None)
     table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

@@ -417,7 +417,15 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
         if "consistency" in todo:  # read before embedding: a wrong-width file fails fast
             from .metrics.consistency import load_contexts
 
-            contexts = load_contexts(found["contexts"], embedder.dim, embedder.path)
+            try:
+                contexts = load_contexts(found["contexts"], embedder.dim, embedder.path)
+            except InputError as err:
+                if req.asked.get("consistency"):
+                    raise
+                # not asked for: contexts from another FR model's space make the metric undefined, not the run wrong
+                warn(f"identity consistency skipped: {err}")
+                todo = [m for m in todo if m != "consistency"]
+                not_computed["consistency"] = str(err)
         training = _training_embeddings(cfg, embedder, model_sha, req, progress) if "leakage" in todo else None
         emb, cache_info = cached_embeddings(sel, embedder, model_sha, req.dtype, Path(req.workdir) / "cache" / "embeddings",
                                             batch_size=req.batch_size, workers=req.workers, progress=progress)

@@ -257,3 +257,25 @@ def test_output_inside_the_input_is_refused(tmp_path: Path) -> None:
     src = make_dataset(tmp_path / "gen", {"a": ["dark"]})
     code, out = run_cli("align", str(src), "--out", str(src / "aligned"))
     assert code == 2 and "inside" in out
+
+
+def test_aligned_images_keep_the_context_row_and_contexts_file_generation_recorded(tmp_path: Path) -> None:
+    from fr_bench.data.dataset import open_dataset
+
+    src, ctx = tmp_path / "gen", tmp_path / "ids" / "identities.npy"
+    ctx.parent.mkdir()
+    np.save(ctx, np.eye(3, 512, dtype=np.float32))
+    rows = []
+    for ident, row in (("00000", 2), ("00001", 0)):
+        (src / ident).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(src / ident / f"{i:03d}.png"), face_like_images(1, seed=i, size=128)[0])
+            rows.append({"identity": int(ident), "sample": i, "seed": 100 + i, "path": f"{ident}/{i:03d}.png", "context_row": row})
+    pd.DataFrame(rows).to_parquet(src / "manifest.parquet")
+    (src / "generate.json").write_text(json.dumps({"identities": str(ctx)}))
+    code, out = run_cli("align", str(src), "--detector", "none", "--out", str(tmp_path / "al"))
+    assert code == 0, out
+    ds = open_dataset(tmp_path / "al")
+    assert {k: (m.context_row, m.sample, m.seed) for k, m in ds.meta.items()} == {
+        "00000/000.png": (2, 0, 100), "00000/001.png": (2, 1, 101), "00001/000.png": (0, 0, 100), "00001/001.png": (0, 1, 101)}
+    assert ds.contexts_hint == ctx

@@ -144,3 +144,28 @@ def test_second_concurrent_run_on_the_same_run_dir_is_refused(tmp_path: Path) ->
         res = CliRunner().invoke(cli, ["--workdir", str(tmp_path / "w"), "run", str(cfg), "--no-track"], obj={})
     assert res.exit_code == 2
     assert f"pid {os.getpid()}) is using this run directory" in res.output
+
+
+def test_identity_consistency_runs_inside_run_with_the_contexts_generation_used(tmp_path: Path) -> None:
+    import torch
+
+    from fr_bench.models.iresnet import iresnet
+
+    torch.manual_seed(0)
+    fr = tmp_path / "fr512.pt"  # an FR model in the contexts' 512-d space (the demo's own model is 64-d)
+    torch.save(iresnet("r18", num_features=512).state_dict(), fr)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""name: consistency
+demo: true
+runtime: {{device: cpu, batch_size: 16, workers: 1}}
+identities: {{source: uniform, n: 3, max_similarity: 0.3}}
+generate: {{generator: idiff-face, per_identity: 2, steps: 2, batch_size: 6}}
+align: {{detector: none}}
+metrics: {{fr_model: {fr}, identities: 3, per_identity: 2, lpips_identities: 2}}
+""")
+    res = CliRunner().invoke(cli, ["run", str(cfg), "--workdir", str(tmp_path / "w"), "--no-track"], obj={})
+    assert res.exit_code == 0, res.output
+    doc = json.loads(next((tmp_path / "w" / "runs" / "consistency").glob("metrics-*/metrics.json")).read_text())
+    ids = next((tmp_path / "w" / "runs" / "consistency").glob("identities-*/identities.npy"))
+    assert doc["consistency"]["contexts"] == str(ids.resolve()) and doc["consistency"]["images_without_context"] == 0
+    assert "consistency" not in doc["not_computed"]
