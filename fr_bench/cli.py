@@ -154,7 +154,7 @@ def eval_cmd(ctx: click.Context, config_path: Path | None, model: Path | None, d
     """Score an FR model on LFW, CFP-FP, CPLFW, AgeDB-30, CALFW (10-fold) and IJB-B/C."""
     from .config import load_config
     from .errors import ConfigError
-    from .evaluate import input_hashes, run_eval, select_benchmarks, tracking_metrics
+    from .evaluate import eval_params, run_eval, select_benchmarks, tracking_metrics
     from .io import write_json_atomic
     from .models import load_fr_model
     from .progress import progress_factory
@@ -197,9 +197,8 @@ def eval_cmd(ctx: click.Context, config_path: Path | None, model: Path | None, d
             write_json_atomic(output, doc)
         _print_eval_table(doc)
         if run.active:
-            run.log_params({"model": str(model), "flip": flip, "batch_size": batch_size, "dtype": dtype or rt.dtype,
-                            "benchmarks": [b.name for b in selection.benchmarks], "data_dir": str(data_dir),
-                            **input_hashes(embedder, selection)})
+            run.log_params(eval_params(model, data_dir, selection, embedder, flip=flip, batch_size=batch_size,
+                                       dtype=dtype or rt.dtype))
             run.log_metrics(tracking_metrics(selection, doc))
             run.log_dict(doc, "eval.json")
             for bench in selection.benchmarks:

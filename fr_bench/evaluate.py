@@ -126,6 +126,14 @@ def input_hashes(embedder: Embedder, selection: Selection) -> dict[str, str]:
     return out
 
 
+def eval_params(model: str | Path, data_dir: str | Path, selection: Selection, embedder: Embedder, *, flip: bool,
+                batch_size: int, dtype: str) -> dict[str, Any]:
+    """The params an evaluation is logged with, the same from ``frbench eval`` and from the run's eval stage."""
+    return {"model": str(model), "flip": flip, "batch_size": batch_size, "dtype": dtype,
+            "benchmarks": [b.name for b in selection.benchmarks], "data_dir": str(data_dir),
+            **input_hashes(embedder, selection)}
+
+
 def tracking_metrics(selection: Selection, doc: dict[str, Any]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for bench in selection.benchmarks:

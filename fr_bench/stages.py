@@ -135,7 +135,7 @@ def describe_train(cfg: Any) -> str:
 
 # ----------------------------------------------------------------------------------------- eval
 def run_eval_stage(ctx: StageContext) -> dict[str, Any]:
-    from .evaluate import run_eval, select_benchmarks, tracking_metrics
+    from .evaluate import eval_params, run_eval, select_benchmarks, tracking_metrics
     from .io import write_json_atomic
     from .models import load_fr_model
 
@@ -152,7 +152,8 @@ def run_eval_stage(ctx: StageContext) -> dict[str, Any]:
     for res in doc["benchmarks"].values():
         arts += [Path(a) for a in res.get("artifacts", [])]
     return {"metrics": tracking_metrics(selection, doc), "artifacts": [str(a) for a in arts],
-            "params": {"eval_benchmarks": ",".join(b.name for b in selection.benchmarks)}}
+            "params": eval_params(model_path, ev.data_dir, selection, embedder, flip=ev.flip, batch_size=rt.batch_size,
+                                  dtype=rt.dtype)}
 
 
 def describe_eval(cfg: Any) -> str:

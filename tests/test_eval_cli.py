@@ -204,3 +204,36 @@ def test_config_supplies_options(tmp_path: Path, tiny_iresnet_path: Path, bin_di
     res = run(["eval", "--config", str(cfg)])
     assert res.exit_code == 0, res.output
     assert list(json.loads(out.read_text())["benchmarks"]) == ["cfp_fp"]
+
+
+@pytest.mark.slow
+def test_eval_verb_and_the_run_eval_stage_give_identical_json_and_params(tmp_path: Path, tiny_onnx_path: Path,
+                                                                         bin_dir: Path) -> None:
+    from fr_bench.tracking import search_runs
+
+    work = tmp_path / "w"
+    res = run(["--workdir", str(work), "eval", "--model", str(tiny_onnx_path), "--data-dir", str(bin_dir),
+               "--benchmarks", "lfw,cfp_fp", "--device", "cpu", "--dtype", "fp32", "--batch-size", "32",
+               "--output", str(tmp_path / "verb.json"), "--experiment", "verb"])
+    assert res.exit_code == 0, res.output
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""name: stage
+runtime: {{device: cpu, dtype: fp32, batch_size: 32}}
+inputs: {{model: {tiny_onnx_path}}}
+eval: {{data_dir: {bin_dir}, benchmarks: [lfw, cfp_fp]}}
+""")
+    res = run(["--workdir", str(work), "run", str(cfg), "--experiment", "stage"])
+    assert res.exit_code == 0, res.output
+    stage_json = next((work / "runs" / "stage").glob("eval-*/eval.json"))
+
+    def comparable(doc: dict) -> dict:  # everything but where artefacts went and how long it took
+        for bench in doc["benchmarks"].values():
+            bench.pop("artifacts", None)
+            bench.pop("seconds")
+        return doc
+
+    assert comparable(json.loads(stage_json.read_text())) == comparable(json.loads((tmp_path / "verb.json").read_text()))
+    uri = f"sqlite:///{work.resolve() / 'mlflow.db'}"
+    (verb,) = search_runs(uri, "verb")
+    child = next(r for r in search_runs(uri, "stage") if r["tags"].get("frbench.stage") == "eval")
+    assert child["params"] == verb["params"] and len(verb["params"]["model_sha256"]) == 64
