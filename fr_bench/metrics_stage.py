@@ -412,7 +412,8 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
         embedder = load_fr_model(req.fr_model, device=req.device, dtype=req.dtype, batch_size=req.batch_size)  # type: ignore[arg-type]
         model_sha = sha256_file(embedder.path)
         doc["fr_model"] = {"path": str(embedder.path), "description": embedder.description, "dim": embedder.dim,
-                           "sha256": model_sha, "dtype": req.dtype, "flip": False, "input": "112×112 RGB, whole image resized"}
+                           "sha256": model_sha, "dtype": req.dtype, "flip": False, "input": "112×112 RGB, whole image resized",
+                           "name": cfg.fr_model_name}
         contexts = None
         if "consistency" in todo:  # read before embedding: a wrong-width file fails fast
             from .metrics.consistency import load_contexts
@@ -635,6 +636,8 @@ def tracking_params(doc: dict[str, Any]) -> dict[str, Any]:
     if doc.get("fr_model"):
         params["fr_model"] = doc["fr_model"]["path"]
         params["fr_model_sha256"] = doc["fr_model"]["sha256"]
+        if doc["fr_model"].get("name"):
+            params["fr_model_name"] = doc["fr_model"]["name"]
     if doc.get("prc") or doc.get("fid_info"):
         params["reference"] = (doc.get("prc") or doc.get("fid_info"))["reference"]
     return params

@@ -142,13 +142,15 @@ def _merge(root: dict[str, Any], descendants: list[dict[str, Any]]) -> dict[str,
         images = identities * per_identity
     fr_model = _lookup(params, tags, "fr_model")
     fr_sha = _lookup(params, tags, "fr_model_sha256")
+    fr_name = _lookup(params, tags, "fr_model_name")  # declared published name: shares a block with published rows
     demo = str(tags.get(DEMO_TAG, "")).lower() == "true"
     row.update(
         badge="demo" if demo else "measured",
         recipe=_lookup(params, tags, "recipe"),
         images=images,
         real=str(tags.get(REAL_TAG, "")).lower() == "true",
-        sep_model=(f"{Path(str(fr_model)).name}" + (f" ({str(fr_sha)[:8]})" if fr_sha else "")) if fr_model and row["eer"] is not None else None,
+        sep_model=(fr_name or f"{Path(str(fr_model)).name}" + (f" ({str(fr_sha)[:8]})" if fr_sha else ""))
+        if fr_model and row["eer"] is not None else None,
         hist_png=_artifact(root, descendants, "separability_hist.png"),
     )
     row.update(

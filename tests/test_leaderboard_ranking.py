@@ -161,3 +161,15 @@ def test_a_measured_row_links_its_genuine_impostor_histogram_embedded_in_the_pag
 
     assert 'href="#hist-abcdef123456' in page and 'id="hist-abcdef123456' in page
     assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in page
+
+
+def test_a_measured_run_naming_its_fr_model_is_ranked_with_published_rows_of_that_model() -> None:
+    rec = {"run_id": "r1", "name": "mine", "status": "FINISHED", "start_time": 1, "end_time": 2, "tags": {},
+           "params": {"fr_model": "/m/elastic.onnx", "fr_model_sha256": "f" * 64, "fr_model_name": "ElasticFace-Cos R100"},
+           "metrics": {"separability/eer": 0.0001}, "artifact_uri": None}
+    published = load_published()
+    ranked = build_leaderboard(measured_frame([rec]), published, sort="eer").rows
+    mine = ranked[ranked["badge"] == "measured"].iloc[0]
+    peers = ranked[(ranked["sep_model"] == "ElasticFace-Cos R100") & ranked["eer"].notna()]
+    assert mine["sep_model"] == "ElasticFace-Cos R100" and len(peers) > 1
+    assert mine["rank"] == 1  # the lowest EER of the block that includes AdaptDiff Table 3's rows
