@@ -50,3 +50,15 @@ def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int = 3, warm
 def ratio(stats: dict[str, dict[str, float]], slow: str, fast: str) -> float:
     """median(slow) / median(fast), the headline number."""
     return round(stats[slow]["median_s"] / max(stats[fast]["median_s"], 1e-12), 2)
+
+
+def untrained_iresnet(arch: str) -> torch.nn.Module:
+    """A seeded random arcface_torch iresnet: timing needs the real shapes, not trained weights."""
+    from fr_bench.models.iresnet import iresnet
+
+    torch.manual_seed(0)
+    model = iresnet(arch)
+    for m in model.modules():  # fan-in init keeps activations finite without training
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+    return model.eval()

@@ -38,7 +38,6 @@ import torch
 
 from fr_bench.data.binfile import write_pack
 from fr_bench.evaluate import run_eval, select_benchmarks
-from fr_bench.models.iresnet import iresnet
 from fr_bench.models.torch_model import TorchEmbedder
 
 SIZES = {"lfw": 6000, "cfp_fp": 7000, "cplfw": 6000, "agedb_30": 6000, "calfw": 6000}
@@ -63,12 +62,9 @@ def build(arch: str) -> torch.nn.Module:
         from _ijb_tree import tiny_iresnet
 
         return tiny_iresnet(dim=512)
-    torch.manual_seed(0)
-    model = iresnet(arch)
-    for m in model.modules():  # fan-in init keeps activations finite without training
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
-    return model.eval()
+    from _compare import untrained_iresnet
+
+    return untrained_iresnet(arch)
 
 
 def main() -> None:

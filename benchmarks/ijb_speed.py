@@ -39,16 +39,11 @@ IJBC_PAIRS = 15_658_489
 def build_model(arch: str) -> torch.nn.Module:
     from _ijb_tree import tiny_iresnet
 
-    from fr_bench.models.iresnet import iresnet
-
     if arch == "tiny":
         return tiny_iresnet()
-    torch.manual_seed(0)
-    model = iresnet(arch)
-    for m in model.modules():  # fan-in init keeps activations finite without training
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
-    return model.eval()
+    from _compare import untrained_iresnet
+
+    return untrained_iresnet(arch)
 
 
 def sync(device: torch.device) -> None:
