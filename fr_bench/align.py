@@ -27,6 +27,7 @@ import numpy as np
 from . import __version__
 from .data.dataset import read_bgr
 from .errors import ConfigError, InputError
+from .extras import dist_version
 from .io import sha256_file, write_bytes_atomic, write_json_atomic
 
 ALIGNED_SIZE = 112
@@ -194,7 +195,7 @@ class MTCNNDetector:
         self._detect_face = detect_face
         self.min_face_size, self.thresholds, self.factor = int(min_face_size), tuple(float(t) for t in thresholds), float(factor)
         self.weights = {name: sha256_file(data / name) for name in self.WEIGHTS}
-        self.version = getattr(facenet_pytorch, "__version__", None) or _dist_version("facenet-pytorch")
+        self.version = getattr(facenet_pytorch, "__version__", None) or dist_version("facenet-pytorch")
         self.path = data
         self.name = f"mtcnn:facenet-pytorch {self.version}"
         # settings recorded by align (same fields as the ONNX detectors)
@@ -214,15 +215,6 @@ class MTCNNDetector:
     def describe(self) -> dict[str, Any]:
         return {"detector": "mtcnn", "package": f"facenet-pytorch {self.version}", "weights_sha256": self.weights,
                 "min_face_size": self.min_face_size, "thresholds": list(self.thresholds), "factor": self.factor}
-
-
-def _dist_version(name: str) -> Optional[str]:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def load_detector(spec: str | Path, *, kind: str = "auto", det_size: int = 640, det_thresh: float = 0.5,
@@ -472,6 +464,8 @@ def generation_meta(input_dir: Path) -> tuple[dict[str, dict[str, int]], Optiona
     path relative to ``input_dir``) and its identity-contexts file, so aligned images keep them."""
     import pyarrow.parquet as pq
 
+    from .data.dataset import generated_contexts, manifest_contexts
+
     manifest = input_dir / "manifest.parquet"
     if not manifest.is_file():
         return {}, None
@@ -484,19 +478,8 @@ def generation_meta(input_dir: Path) -> tuple[dict[str, dict[str, int]], Optiona
     cols = {c: table.column(c).to_pylist() for c in ("path", *GENERATION_COLUMNS) if c in table.column_names}
     carried = {str(p): {c: int(cols[c][i]) for c in GENERATION_COLUMNS if c in cols and cols[c][i] is not None}
                for i, p in enumerate(cols["path"]) if p is not None}
-    contexts: Optional[Path] = None
-    gen = input_dir / "generate.json"
-    if gen.is_file():
-        try:
-            src = json.loads(gen.read_text()).get("identities")
-        except (OSError, json.JSONDecodeError):
-            src = None
-        contexts = Path(src) if src else None
-    hint = (table.schema.metadata or {}).get(b"frbench.contexts")
-    if contexts is None and hint:
-        p = Path(hint.decode("utf-8"))
-        contexts = p if p.is_absolute() else (input_dir / p).resolve()
-    return carried, contexts
+    contexts = generated_contexts(input_dir) or manifest_contexts(table.schema.metadata, input_dir)
+    return carried, (contexts.resolve() if contexts is not None else None)
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]], contexts: Optional[Path] = None) -> None:

@@ -208,6 +208,12 @@ def eval_cmd(ctx: click.Context, config_path: Path | None, model: Path | None, d
         console.print(f"wrote {output}", highlight=False)
 
 
+def _accuracy(block: dict[str, Any]) -> str:
+    """Accuracy in %, with its bootstrap interval when there is one."""
+    ci = block.get("accuracy_ci95")
+    return f"{100 * block['accuracy']:.2f}" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
+
+
 def _print_eval_table(doc: dict[str, Any]) -> None:
     verif = {k: v for k, v in doc["benchmarks"].items() if "accuracy" in v}
     if verif:
@@ -218,9 +224,7 @@ def _print_eval_table(doc: dict[str, Any]) -> None:
         table.add_column("pairs", justify="right")
         table.add_column("threshold", justify="right")
         for name, r in verif.items():
-            ci = r.get("accuracy_ci95")
-            acc = f"{100 * r['accuracy']:.2f}" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
-            table.add_row(name, acc, f"{100 * r['accuracy_std']:.2f}", str(r["pairs"]), f"{r['threshold']:.3f}")
+            table.add_row(name, _accuracy(r), f"{100 * r['accuracy_std']:.2f}", str(r["pairs"]), f"{r['threshold']:.3f}")
         if doc.get("average") is not None:
             table.add_row("[bold]Avg (5)[/bold]", f"[bold]{100 * doc['average']:.2f}[/bold]", "", "", "")
         console.print(table)
@@ -231,9 +235,7 @@ def _print_eval_table(doc: dict[str, Any]) -> None:
             for col in ("group", "accuracy", "FNMR @ global FMR 1%"):
                 table.add_column(col, justify="right" if col != "group" else "left")
             for g, res in r["groups"].items():
-                ci = res.get("accuracy_ci95")
-                acc = f"{100 * res['accuracy']:.2f}" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
-                table.add_row(g, acc, f"{100 * gt['groups'][g]['fnmr']:.2f}")
+                table.add_row(g, _accuracy(res), f"{100 * gt['groups'][g]['fnmr']:.2f}")
             table.add_row("[bold]mean / STD / SER / TO[/bold]",
                           f"[bold]{r['mean']:.2f}[/bold] / {r['std']:.2f} / {'n/a' if r['ser'] is None else format(r['ser'], '.2f')} / "
                           f"[bold]{r['to']:.2f}[/bold]", "")
@@ -860,7 +862,6 @@ def adapters_cmd() -> None:
 def new_adapter_cmd(name: str, out_dir: Path) -> None:
     """Scaffold a pip-installable generator-adapter package NAME (template adapter, preset, tests)."""
     from .adapter_tools import scaffold_adapter
-    from .io import check_writable
 
     check_writable(out_dir, directory=True)
     made = scaffold_adapter(name, out_dir)

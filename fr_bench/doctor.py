@@ -93,9 +93,9 @@ def preflight(cfg: Any, stages: set[str]) -> None:
     :class:`~fr_bench.errors.InputError` (exit 2), nothing created."""
     from .errors import InputError
 
-    section_stage = {"inputs": None}
+    # `inputs` feed whichever stage comes first, so they are always read
     missing = [n for n in requirements(cfg) if not n.present and not n.optional
-               and (n.section in stages or section_stage.get(n.section, n.section) is None)]
+               and (n.section in stages or n.section == "inputs")]
     if missing:
         items = "; ".join(f"{n.section}: {n.what} — {n.path if n.path is not None else 'not set'}" for n in missing)
         raise InputError(None, f"{len(missing)} missing before anything ran (nothing was created; `frbench doctor CONFIG` "

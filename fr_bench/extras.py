@@ -62,9 +62,13 @@ def extra_status() -> dict[str, dict[str, object]]:
     return out
 
 
-def _version(module: str) -> str:
-    dist = {"torch_fidelity": "torch-fidelity"}.get(module, module)
+def dist_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, or None when it is not installed."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
-        return "installed"
+        return None
+
+
+def _version(module: str) -> str:
+    return dist_version({"torch_fidelity": "torch-fidelity"}.get(module, module)) or "installed"

@@ -26,7 +26,8 @@ import numpy as np
 
 from . import __version__
 from .config import MetricsConfig
-from .data.dataset import CONTEXT_FILE_NAMES, ImageFolderDataset, Selection, iter_batches, open_dataset, select
+from .data.dataset import (CONTEXT_FILE_NAMES, ImageFolderDataset, Selection, generated_contexts, iter_batches,
+                           open_dataset, select)
 from .embed import Embedder
 from .errors import ConfigError, FrBenchError, InputError
 from .io import atomic_path, sha256_file, write_json_atomic
@@ -61,14 +62,9 @@ class MetricsRequest:
 def _contexts_path(ds: ImageFolderDataset, cfg: MetricsConfig) -> Optional[Path]:
     if cfg.contexts is not None:
         return Path(cfg.contexts)
-    gen = ds.root / "generate.json"  # frbench generate records where its contexts came from
-    if gen.is_file():
-        try:
-            src = json.loads(gen.read_text()).get("identities")
-        except (OSError, json.JSONDecodeError):
-            src = None
-        if src:
-            return Path(src)
+    recorded = generated_contexts(ds.root)  # frbench generate records where its contexts came from
+    if recorded is not None:
+        return recorded
     if ds.contexts_hint is not None:
         return ds.contexts_hint
     for name in CONTEXT_FILE_NAMES:

@@ -66,6 +66,7 @@ class Plan:
     run_dir: Path
     stages: list[PlannedStage] = field(default_factory=list)
     external: dict[str, Path] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)  # the resolved runtime the hashes were made with
 
     def hashes(self) -> dict[str, str]:
         return {p.stage.name: p.hash[:12] for p in self.stages}
@@ -75,7 +76,8 @@ def provenance() -> dict[str, Any]:
     """frbench's version, the git commit of its checkout when there is one, and the versions of the
     packages that decide results."""
     import subprocess
-    from importlib import metadata
+
+    from .extras import dist_version
 
     commit = None
     root = Path(__file__).resolve().parent.parent
@@ -88,13 +90,10 @@ def provenance() -> dict[str, Any]:
             commit = f"{commit}+dirty" if commit and dirty else commit
         except (OSError, subprocess.SubprocessError):
             commit = None
-    packages = {}
-    for dist in ("torch", "torchvision", "numpy", "onnxruntime", "insightface", "diffusers", "transformers", "lpips",
-                 "torch-fidelity", "facenet-pytorch", "mlflow"):
-        try:
-            packages[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = {dist: dist_version(dist) for dist in ("torch", "torchvision", "numpy", "onnxruntime", "insightface",
+                                                       "diffusers", "transformers", "lpips", "torch-fidelity",
+                                                       "facenet-pytorch", "mlflow")}
+    packages = {dist: v for dist, v in versions.items() if v is not None}
     return {"frbench": __version__, "git_commit": commit, "packages": packages}
 
 
@@ -179,9 +178,9 @@ def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
     needed = [n for n in ORDER if n in needed]
     lo = ORDER.index(start) if start else 0
     run_dir = workdir / "runs" / run_name
-    plan = Plan(run_dir=run_dir, external=external)
-    hashes: dict[str, str] = {k: "external:" + path_digest(v) for k, v in external.items()}
     runtime = resolved_runtime(cfg)
+    plan = Plan(run_dir=run_dir, external=external, runtime=runtime)
+    hashes: dict[str, str] = {k: "external:" + path_digest(v) for k, v in external.items()}
     for name in needed:
         stage = stages[name]
         dep_hashes = {d: hashes[d] for d in (*stage.deps, *stage.optional) if d in hashes}
@@ -253,7 +252,7 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
                         summary = ps.stage.run(ctx)
                         ps.dir.mark_done({"stage": name, "hash": ps.hash, "inputs": {k: str(v) for k, v in ins.items()},
                                           "input_hashes": {d: hashes[d] for d in ins if d in hashes},
-                                          "config": _section_dump(cfg, name), "runtime": resolved_runtime(cfg),
+                                          "config": _section_dump(cfg, name), "runtime": plan.runtime,
                                           "output_digest": path_digest(ps.dir.path),
                                           "frbench_version": __version__, **prov,
                                           "seconds": round(time.perf_counter() - t0, 3), "summary": summary})

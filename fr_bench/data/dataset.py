@@ -24,6 +24,7 @@ Nothing is decoded up front: :func:`iter_batches` streams uint8 batches.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -142,11 +143,28 @@ def _read_manifest(ds: ImageFolderDataset, manifest: Path) -> None:
             continue  # e.g. a file with an extension frbench does not read
         ds.meta[key] = ImageMeta(**{c: _int_or_none(cols[c][row]) for c in ("sample", "seed", "context_row") if c in cols})
     ds.manifest = manifest
-    meta = table.schema.metadata or {}
-    hint = meta.get(b"frbench.contexts") or meta.get(b"contexts")
-    if hint:
-        p = Path(hint.decode("utf-8"))
-        ds.contexts_hint = p if p.is_absolute() else ds.root / p
+    ds.contexts_hint = manifest_contexts(table.schema.metadata, ds.root)
+
+
+def manifest_contexts(metadata: Optional[dict[bytes, bytes]], root: Path) -> Optional[Path]:
+    """The identity-contexts file a manifest's schema metadata names (relative paths from ``root``)."""
+    hint = (metadata or {}).get(b"frbench.contexts") or (metadata or {}).get(b"contexts")
+    if not hint:
+        return None
+    p = Path(hint.decode("utf-8"))
+    return p if p.is_absolute() else root / p
+
+
+def generated_contexts(folder: Path) -> Optional[Path]:
+    """The identity-contexts file ``frbench generate`` recorded in ``folder/generate.json``, if any."""
+    gen = folder / "generate.json"
+    if not gen.is_file():
+        return None
+    try:
+        src = json.loads(gen.read_text()).get("identities")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return Path(src) if src else None
 
 
 def _int_or_none(v: object) -> Optional[int]:
