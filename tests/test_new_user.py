@@ -31,7 +31,10 @@ def one_error_line(res) -> str:
 
 # ----------------------------------------------------------------------------------- two commands
 def _make_n(target: str) -> list[str]:
-    out = subprocess.run(["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    # CI runs the suite from inside `make test`: a nested make would print "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True).stdout
     return [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
