@@ -68,8 +68,8 @@ class StageDir:
 class RunLock:
     """An exclusive, non-blocking lock on a run directory (released when the process dies)."""
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / ".lock"
+    def __init__(self, run_dir: str | Path, suffix: str = ""):
+        self.path = Path(run_dir) / f".lock{suffix}"
         self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":

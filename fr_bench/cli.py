@@ -133,6 +133,35 @@ def _make_tracker(ctx: click.Context, cfg: Any, tracking_uri: str | None, no_tra
     )
 
 
+def _with(cfg: Any, **sections: dict[str, Any]) -> Any:
+    """``cfg`` with command-line values (None = not given) applied to its sections and validated."""
+    update = {}
+    for name, values in sections.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            update[name] = _validated(getattr(cfg, name), given)
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def _run_stage(ctx: click.Context, cfg: Any, stage: str, *, inputs: dict[str, Path], out: Path | None = None,
+               root: Path | None = None, run_name: str = "", tracking: tuple[Any, ...] | None = None,
+               options: dict[str, Any] | None = None, lock_suffix: str = "", quiet: bool = False) -> tuple[dict[str, Any], Path]:
+    """A verb is a one-stage run of the executor: the same stage function, DONE.json provenance, MLflow
+    path and error path as ``frbench run``. Returns the stage's summary and its output folder."""
+    from .pipeline import execute, verb_plan
+    from .progress import progress_factory
+    from .stages import STAGES
+
+    workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
+    plan = verb_plan(cfg, STAGES[stage], out, inputs, root=root, lock_suffix=lock_suffix)
+    tracker = None if tracking is None else _make_tracker(ctx, cfg, *tracking)
+    say = (lambda msg: None) if quiet else (lambda msg: console.print(msg, highlight=False, soft_wrap=True))
+    with progress_factory() as progress:
+        results = execute(plan, cfg, workdir, tracker=tracker, progress=None if quiet else progress,
+                          warn=(lambda msg: None) if quiet else warn, say=say, options=options, run_name=run_name)
+    return results[stage], plan.stages[0].dir.path
+
+
 # --------------------------------------------------------------------------------------------- eval
 @cli.command("eval", context_settings=CONTEXT_SETTINGS)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config (eval/runtime/tracking sections).")
@@ -152,61 +181,39 @@ def eval_cmd(ctx: click.Context, config_path: Path | None, model: Path | None, d
              batch_size: int | None, no_flip: bool, device: str | None, dtype: str | None, group_specs: tuple[str, ...],
              bootstrap: int | None, output: Path | None, tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
     """Score an FR model on LFW, CFP-FP, CPLFW, AgeDB-30, CALFW (10-fold) and IJB-B/C."""
+    import json
+
     from .config import load_config
     from .errors import ConfigError
-    from .evaluate import eval_params, run_eval, select_benchmarks, tracking_metrics
     from .io import write_json_atomic
-    from .models import load_fr_model
-    from .progress import progress_factory
 
     cfg = load_config(config_path)
-    ev, rt = cfg.eval, cfg.runtime
+    ev = cfg.eval
     model = model or ev.model
-    data_dir = data_dir or ev.data_dir
     if model is None:
         raise ConfigError("no model given: pass --model PATH (or eval.model in the config)")
-    if data_dir is None:
+    if (data_dir or ev.data_dir) is None:
         raise ConfigError("no benchmark folder given: pass --data-dir DIR (or eval.data_dir in the config)")
-    names = _split(benchmarks) or ev.benchmarks
-    flip = ev.flip and not no_flip
     output = output or ev.output
     if output is not None:
         check_writable(output)
-    batch_size = batch_size or rt.batch_size
-
     groups = dict(ev.groups)
     for spec in group_specs:
         gname, sep, files = spec.partition("=")
         if not sep or not gname.strip() or not files.strip():
             raise ConfigError(f"--group {spec}: expected NAME=FILE1.bin,FILE2.bin,…")
         groups[gname.strip()] = _split(files) or []
-    bootstrap = bootstrap or ev.bootstrap
-    selection = select_benchmarks(data_dir, names, groups)
-    embedder = load_fr_model(model, device=device or rt.device, dtype=dtype or rt.dtype, batch_size=batch_size)
-    if selection.absent:
-        warn(f"not in {data_dir}: {', '.join(selection.absent)} (the five-benchmark average needs all five)")
-    console.print(f"model: {embedder.description}, {embedder.dim}-d; benchmarks: {', '.join(b.name for b in selection.benchmarks)}", highlight=False)
-
-    tracker = _make_tracker(ctx, cfg, tracking_uri, no_track, experiment)
-    with tracker.start_run(f"eval {Path(model).name}", tags={"frbench.stage": "eval"}) as run:
-        with progress_factory() as progress:
-            doc = run_eval(embedder, selection, flip=flip, batch_size=batch_size, progress=progress,
-                           workdir=Path(ctx.obj.get("workdir") or cfg.workdir), bootstrap=bootstrap,
-                           bootstrap_seed=ev.bootstrap_seed)
-        if output is not None:
-            write_json_atomic(output, doc)
-        _print_eval_table(doc)
-        if run.active:
-            run.log_params(eval_params(model, data_dir, selection, embedder, flip=flip, batch_size=batch_size,
-                                       dtype=dtype or rt.dtype))
-            run.log_metrics(tracking_metrics(selection, doc))
-            run.log_dict(doc, "eval.json")
-            for bench in selection.benchmarks:
-                for art in doc["benchmarks"][bench.name].get("artifacts", []):
-                    run.log_artifact(art)
+    cfg = _with(cfg, eval={"model": model, "data_dir": data_dir, "benchmarks": _split(benchmarks), "flip": False if no_flip else None,
+                           "groups": groups or None, "bootstrap": bootstrap},
+                runtime={"device": device, "dtype": dtype, "batch_size": batch_size})
+    summary, out_dir = _run_stage(ctx, cfg, "eval", inputs={"train": Path(model)},
+                                  root=Path(ctx.obj.get("workdir") or cfg.workdir) / "runs" / "eval",
+                                  run_name=f"eval {Path(model).name}", tracking=(tracking_uri, no_track, experiment))
+    doc = json.loads((out_dir / "eval.json").read_text())
+    _print_eval_table(doc)
     if output is not None:
+        write_json_atomic(output, doc)
         console.print(f"wrote {output}", highlight=False)
-
 
 def _accuracy(block: dict[str, Any]) -> str:
     """Accuracy in %, with its bootstrap interval when there is one."""
@@ -283,43 +290,30 @@ def identities_cmd(ctx: click.Context, config_path: Path | None, source: str | N
     """Sample identity contexts (N×512 unit vectors), filter by max cosine, pick negatives."""
     from .config import load_config
     from .errors import ConfigError
-    from .identities import build_identities, check_identity_count, make_source, write_identities
-    from .progress import progress_factory
 
     cfg = load_config(config_path)
-    ic, rt = cfg.identities, cfg.runtime
-    out = out or ic.out
+    out = out or cfg.identities.out
     if out is None:
         raise ConfigError("no output folder given: pass --out DIR (or identities.out in the config)")
     check_writable(out, directory=True)
-    check_identity_count(n or ic.n, max_candidates or ic.max_candidates, threshold=None if no_filter else ic.max_similarity)
-    threshold = None if no_filter else (max_similarity if max_similarity is not None else ic.max_similarity)
-    device = device or rt.device
-    from .models.torch_model import resolve_device
-
-    resolve_device(device)  # before any work: a CUDA request on a machine without CUDA is one line
-    with progress_factory() as progress:
-        src = make_source(source or ic.source, seed=ic.seed if seed is None else seed,
-                          reference_embeddings=reference_embeddings or ic.reference_embeddings,
-                          pca_components=pca_components or ic.pca_components, images=images or ic.images,
-                          fr_model=fr_model or ic.fr_model, file=file_ or ic.file, device=device,
-                          batch_size=batch_size or rt.batch_size, workers=rt.workers, progress=progress)
-        ids = build_identities(src, n or ic.n, threshold, negatives=negatives or ic.negatives,
-                               pool_size=pool_size or ic.pool_size, device=device,
-                               max_candidates=max_candidates or ic.max_candidates, progress=progress)
-    npy, meta = write_identities(out, ids)
-    info = ids.info
-    counts = info["counts"]
-    mpc = info["max_pairwise_cosine"]
-    console.print(f"kept {counts['kept']} identities of {counts['candidates']} candidates ({info['source']}, "
+    cfg = _with(cfg, identities={"source": source, "n": n, "max_similarity": max_similarity, "seed": seed,
+                                 "max_candidates": max_candidates, "reference_embeddings": reference_embeddings,
+                                 "pca_components": pca_components, "images": images, "fr_model": fr_model, "file": file_,
+                                 "negatives": negatives, "pool_size": pool_size},
+                runtime={"device": device, "batch_size": batch_size})
+    if no_filter:
+        cfg = cfg.model_copy(update={"identities": cfg.identities.model_copy(update={"max_similarity": None})})
+    threshold = cfg.identities.max_similarity
+    s, _ = _run_stage(ctx, cfg, "identities", inputs={}, out=Path(out))
+    counts, mpc = s["counts"], s["max_pairwise_cosine"]
+    console.print(f"kept {counts['kept']} identities of {counts['candidates']} candidates ({s['source']}, "
                   f"{'max cosine < ' + str(threshold) if threshold is not None else 'no filter'}); "
                   f"max pairwise cosine {'n/a' if mpc is None else f'{mpc:.4f}'}", highlight=False)
-    if info["negatives"] is not None:
-        cos = info["negatives"]["cosine"]
-        console.print(f"negatives: {info['negatives']['method']} over a pool of {info['negatives']['pool_size']}, "
-                      f"mean cosine to the negative {sum(cos) / len(cos):.4f}", highlight=False)
-    console.print(f"wrote {npy} and {meta}", highlight=False)
-
+    if s["negatives"] is not None:
+        neg = s["negatives"]
+        console.print(f"negatives: {neg['method']} over a pool of {neg['pool_size']}, "
+                      f"mean cosine to the negative {neg['mean_cosine']:.4f}", highlight=False)
+    console.print(f"wrote {s['files'][0]} and {s['files'][1]}", highlight=False)
 
 # ----------------------------------------------------------------------------------------- align
 @cli.command("align", context_settings=CONTEXT_SETTINGS)
@@ -342,36 +336,35 @@ def align_cmd(ctx: click.Context, input_dir: Path | None, config_path: Path | No
               template: str | None, pick: str | None, on_failure: str | None, out: Path | None, workers: int | None,
               device: str | None) -> None:
     """Align a folder of identity sub-folders to 112×112 arcface crops (5-point norm_crop)."""
-    from .align import align_folder, load_detector
     from .config import load_config
     from .errors import ConfigError
-    from .progress import progress_factory
 
     cfg = load_config(config_path)
-    ac, rt = cfg.align, cfg.runtime
+    ac = cfg.align
     input_dir = input_dir or ac.input
     out = out or ac.out
     if input_dir is None:
         raise ConfigError("no input folder given: frbench align DIR (or align.input in the config)")
     if out is None:
         raise ConfigError("no output folder given: pass --out DIR (or align.out in the config)")
+    if not Path(input_dir).is_dir():
+        from .errors import InputError
+
+        raise InputError(input_dir, "not a folder of identity sub-folders")
     check_writable(out, directory=True)
-    det = load_detector(detector or ac.detector, kind=detector_kind or ac.detector_kind, det_size=det_size or ac.det_size,
-                        det_thresh=ac.det_thresh if det_thresh is None else det_thresh, device=device or rt.device,
-                        min_face_size=min_face_size or ac.min_face_size)
-    policy = on_failure or ac.on_failure
-    with progress_factory() as progress:
-        summary = align_folder(input_dir, out, det, on_failure=policy, pick=pick or ac.pick, template=template or ac.template,
-                               workers=workers or rt.workers, progress=progress)
-    img, ids = summary["images"], summary["identities"]
-    table = Table(title=f"align {input_dir} → {out} ({det.name if det else 'no detector: resize only'}, on failure: {policy})")
+    cfg = _with(cfg, align={"detector": detector, "detector_kind": detector_kind, "det_size": det_size, "det_thresh": det_thresh,
+                            "min_face_size": min_face_size, "template": template, "pick": pick, "on_failure": on_failure},
+                runtime={"device": device, "workers": workers})
+    ac = cfg.align
+    s, _ = _run_stage(ctx, cfg, "align", inputs={"generate": Path(input_dir)}, out=Path(out))
+    img, ids = s["images"], s["identities"]
+    table = Table(title=f"align {input_dir} → {out} ({s['detector_name'] or 'no detector: resize only'}, on failure: {ac.on_failure})")
     for col in ("images", "aligned", "resized", "skipped", "dropped", "identities written", "identities dropped"):
         table.add_column(col, justify="right")
     table.add_row(str(img["input"]), str(img["aligned"]), str(img["resized"]), str(img["skipped"]), str(img["dropped"]),
                   f"{ids['written']}/{ids['input']}", str(ids["dropped"]))
     console.print(table)
     console.print(f"wrote {Path(out) / 'manifest.parquet'} and {Path(out) / 'align.json'}", highlight=False)
-
 
 # <<identities-align-commands>>
 
@@ -399,55 +392,33 @@ def generate_cmd(ctx: click.Context, config_path: Path | None, generator: str | 
     """Generate a synthetic face dataset from identity contexts (sharded, resumable)."""
     from .config import load_config
     from .errors import ConfigError
-    from .generate import DTYPES, Shard, generation_device, load_identity_set, run_generation, settings_record
-    from .generators.base import available_generators, get_generator
-    from .progress import progress_factory
+    from .generate import Shard
 
     cfg = load_config(config_path)
-    gc, rt = cfg.generate, cfg.runtime
+    gc = cfg.generate
     the_shard = Shard.parse(shard) if shard is not None else (Shard.from_env() or Shard())
-    name = generator or gc.generator
-    if name is None:
+    if (generator or gc.generator) is None:
         raise ConfigError("no generator given: pass --generator NAME (or generate.generator in the config)")
-    cls = get_generator(name)
-    if cls is None:
-        raise ConfigError(f"unknown generator {name!r}; registered: {', '.join(available_generators())}")
-    weights, identities, out = weights or gc.weights, identities or gc.identities, out or gc.out
-    for value, flag in ((weights, "--weights DIR"), (identities, "--identities DIR"), (out, "--out DIR")):
+    identities, out = identities or gc.identities, out or gc.out
+    for value, flag in ((weights or gc.weights, "--weights DIR"), (identities, "--identities DIR"), (out, "--out DIR")):
         if value is None:
             raise ConfigError(f"missing {flag} (or generate.{flag[2:].split()[0].replace('-', '_')} in the config)")
     check_writable(out, directory=True)
-    options = dict(gc.options)
-    if steps or gc.steps:
-        options["steps"] = steps or gc.steps
-    adapter = cls.from_config(options)
-    ids = load_identity_set(identities, num=num_identities or gc.num_identities, negatives=negatives or gc.negatives,
-                            need_negatives=bool(getattr(adapter, "needs_negatives", False)))
-    dev = generation_device(device or rt.device)
-    from .models.torch_model import resolve_device
-
-    resolve_device(str(dev))  # before the weights load: a CUDA request without CUDA is one line
-    dtype_name = dtype or gc.dtype or rt.dtype
-    per = per_identity or gc.per_identity
-    run_seed = gc.seed if seed is None else seed
-    bs = batch_size or gc.batch_size or 64
-    adapter.load(weights, device=dev, dtype=DTYPES[dtype_name])
-    settings = settings_record(generator=name, adapter=adapter, weights=weights, ids=ids, per_identity=per,
-                               seed=run_seed, dtype=dtype_name, device=dev)
-    console.print(f"{name}: {len(ids.vectors)} identities × {per} images → {out} (shard {the_shard}, batch {bs}, "
-                  f"{dtype_name}, {dev})", highlight=False, soft_wrap=True)
-    with progress_factory() as progress:
-        res = run_generation(adapter, ids, out=out, per_identity=per, seed=run_seed, shard=the_shard, batch_size=bs,
-                             settings=settings, writers=gc.writers, progress=progress,
-                             log=lambda msg: console.print(msg, highlight=False))
-    console.print(f"shard {res.shard}: generated {res.generated} images ({res.skipped} already present) in "
-                  f"{res.seconds:.1f} s, {res.images_per_s:.2f} img/s", highlight=False, soft_wrap=True)
-    if res.complete:
+    cfg = _with(cfg, generate={"generator": generator, "weights": weights, "negatives": negatives,
+                               "num_identities": num_identities, "per_identity": per_identity, "batch_size": batch_size,
+                               "dtype": dtype, "seed": seed, "steps": steps},
+                runtime={"device": device})
+    s, _ = _run_stage(ctx, cfg, "generate", inputs={"identities": Path(identities)}, out=Path(out),
+                      options={"shard": the_shard},
+                      lock_suffix=f"-shard-{the_shard.index}-of-{the_shard.count}" if the_shard.count > 1 else "")
+    rate = s["metrics"]["generate/images_per_s"]
+    console.print(f"shard {s['shard']}: generated {s['generated']} images ({s['skipped']} already present) in "
+                  f"{s['seconds']:.1f} s, {rate:.2f} img/s", highlight=False, soft_wrap=True)
+    if s["complete"]:
         console.print(f"dataset complete: wrote {Path(out) / 'manifest.parquet'}", highlight=False)
     else:
         console.print("other shards still missing images; manifest.parquet is written when the last one finishes",
                       highlight=False)
-
 
 # <<generate-commands>>
 
@@ -489,57 +460,44 @@ def train_cmd(ctx: click.Context, dataset: Path | None, recipe: str | None, conf
 
     from .config import load_config
     from .errors import ConfigError
-    from .progress import progress_factory
-    from .recipes import load_recipe, parse_set
-    from .train import TrainOptions, default_output, train
+    from .recipes import load_recipe, merge, parse_set
+    from .train import default_output
 
     cfg = load_config(config_path)
-    tc, rt = cfg.train, cfg.runtime
+    tc = cfg.train
     dataset = dataset or tc.dataset
     if dataset is None:
         raise ConfigError("no dataset given: frbench train DATASET (or train.dataset in the config)")
     if resume and restart:
         raise ConfigError("--resume and --restart contradict each other")
-    layers = [(tc.overrides, f"{config_path}: train.overrides"), (parse_set(sets), "--set")]
     cli_layer = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None}
-    layers.append((cli_layer, "--epochs/--batch-size"))
-    rec, rec_path = load_recipe(recipe or tc.recipe, layers)
+    layers = [(tc.overrides, f"{config_path}: train.overrides"), (parse_set(sets), "--set"), (cli_layer, "--epochs/--batch-size")]
+    rec, _ = load_recipe(recipe or tc.recipe, layers)  # each layer checked against its own source, before any work
+    overrides: dict[str, Any] = {}
+    for layer, _source in layers:
+        overrides = merge(overrides, layer)
     workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
-    out = output or tc.output or default_output(workdir, dataset, rec)
+    out = Path(output or tc.output or default_output(workdir, dataset, rec))
     check_writable(out, directory=True)
     check_writable(cache_dir or tc.cache_dir or workdir / "cache" / "train-images", directory=True)
-    opts = TrainOptions(
-        output=Path(out),
-        cache_dir=Path(cache_dir or tc.cache_dir or workdir / "cache" / "train-images"),
-        device=device or tc.device or rt.device,
-        dtype=dtype or tc.dtype,
-        compile=tc.compile if compile_ is None else compile_,
-        channels_last=tc.channels_last,
-        seed=seed if seed is not None else int(getattr(cfg, "seed", 0)),
-        deterministic=bool(deterministic) or tc.deterministic,
-        max_steps=max_steps,
-        checkpoint_every=checkpoint_every or tc.checkpoint_every,
-        log_every=tc.log_every,
-        workers=workers or rt.workers,
-        prefetch=tc.prefetch,
-        strict_images=bool(strict_images) or tc.strict_images,
-        resume="restart" if restart else ("require" if resume else "auto"),
-        identities=n_identities or tc.identities,
-        per_identity=per_identity or tc.per_identity,
-        monitor_dir=monitor_data_dir or tc.monitor.data_dir,
-        monitor_benchmarks=_split(monitor_benchmarks) or tc.monitor.benchmarks,
-        monitor_every=tc.monitor.every_epochs,
-    )
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    tracker = _make_tracker(ctx, cfg, tracking_uri, no_track or not rank0, experiment)
-    say = (lambda msg: console.print(msg, highlight=False)) if rank0 else (lambda msg: None)
-    with tracker.start_run(f"train {Path(dataset).name} {rec.name}", tags={"frbench.stage": "train"}) as run:
-        with progress_factory() as progress:
-            summary = train(dataset, rec, opts, run=run if run.active else None, progress=progress if rank0 else None,
-                            say=say, warn=warn if rank0 else (lambda msg: None), recipe_path=rec_path)
-    if rank0:
-        _print_train_summary(summary, opts.output)
-
+    cfg = _with(cfg, train={"recipe": recipe, "overrides": overrides, "device": device, "dtype": dtype, "compile": compile_,
+                            "deterministic": deterministic or None, "checkpoint_every": checkpoint_every,
+                            "cache_dir": cache_dir, "strict_images": strict_images or None, "identities": n_identities,
+                            "per_identity": per_identity},
+                runtime={"workers": workers})
+    monitor = {k: v for k, v in (("data_dir", monitor_data_dir), ("benchmarks", _split(monitor_benchmarks))) if v is not None}
+    if monitor:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"monitor": _validated(cfg.train.monitor, monitor)})})
+    if seed is not None:
+        cfg = cfg.model_copy(update={"seed": seed})
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    summary, _ = _run_stage(ctx, cfg, "train", inputs={"align": Path(dataset)}, out=out,
+                            run_name=f"train {Path(dataset).name} {rec.name}",
+                            tracking=(tracking_uri, no_track, experiment) if rank == 0 else None,
+                            options={"resume": "restart" if restart else ("require" if resume else "auto"), "max_steps": max_steps},
+                            lock_suffix=f"-rank-{rank}" if world > 1 else "", quiet=rank != 0)
+    if rank == 0:
+        _print_train_summary(summary["train"], out)
 
 def _print_train_summary(s: dict[str, Any], output: Path) -> None:
     table = Table(title=f"frbench train — {s.get('recipe')} ({s.get('recipe_hash')})")
@@ -653,50 +611,39 @@ def metrics_cmd(ctx: click.Context, dataset: Path | None, config_path: Path | No
                 device: str | None, batch_size: int | None, output: Path | None,
                 tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
     """Separability, identity consistency and diversity of an image-folder DATASET (one sub-folder per identity)."""
+    import json
+
     from .config import load_config
     from .errors import ConfigError
     from .io import write_json_atomic
-    from .metrics_stage import MetricsRequest, run_metrics, tracking_metrics, tracking_params
-    from .progress import progress_factory
 
     cfg = load_config(config_path)
-    mc, rt = cfg.metrics, cfg.runtime
+    mc = cfg.metrics
     dataset = dataset or mc.dataset
     if dataset is None:
         raise ConfigError("no dataset given: frbench metrics DATASET (or metrics.dataset in the config)")
-    overrides = {"identities": identities, "per_identity": per_identity, "lpips_identities": lpips_identities,
-                 "max_impostors": max_impostors, "seed": seed, "training_images": training_images,
-                 "training_embeddings": training_embeddings, "training_labels": training_labels, "leakage_fmr": leakage_fmr,
-                 "leakage_threshold": leakage_threshold, "leakage_images": leakage_images, "leakage_top_k": leakage_top_k,
-                 "bootstrap": bootstrap, "fr_model_name": fr_model_name}
-    mc = _validated(mc, {k: v for k, v in overrides.items() if v is not None})
-    output = output or mc.output
+    asked = [m for m, flag in (("separability", separability), ("consistency", consistency), ("lpips", lpips),
+                               ("prc", prc), ("fid", fid), ("leakage", leakage)) if flag]
+    cfg = _with(cfg, metrics={"identities": identities, "per_identity": per_identity, "lpips_identities": lpips_identities,
+                              "max_impostors": max_impostors, "seed": seed, "training_images": training_images,
+                              "training_embeddings": training_embeddings, "training_labels": training_labels,
+                              "leakage_fmr": leakage_fmr, "leakage_threshold": leakage_threshold,
+                              "leakage_images": leakage_images, "leakage_top_k": leakage_top_k, "bootstrap": bootstrap,
+                              "fr_model": fr_model, "fr_model_name": fr_model_name, "reference": reference,
+                              "compute": asked or None},
+                runtime={"device": device, "batch_size": batch_size})
+    output = output or cfg.metrics.output
     workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
     if output is not None:  # checked now, not after the whole computation
         check_writable(output)
     check_writable(workdir, directory=True)
-    req = MetricsRequest(
-        dataset=Path(dataset), cfg=mc, fr_model=fr_model or mc.fr_model, reference=reference or mc.reference,
-        asked={"separability": separability, "consistency": consistency, "lpips": lpips, "prc": prc, "fid": fid, "leakage": leakage},
-        device=device or rt.device, dtype=rt.dtype, batch_size=batch_size or rt.batch_size, workers=rt.workers,
-        workdir=workdir,
-    )
-    tracker = _make_tracker(ctx, cfg, tracking_uri, no_track, experiment)
-    with tracker.start_run(f"metrics {Path(dataset).name}", tags={"frbench.stage": "metrics"}) as run:
-        with progress_factory() as progress:
-            doc = run_metrics(req, progress=progress, warn=warn)
-        if output is not None:
-            write_json_atomic(output, doc)
-        _print_metrics_table(doc)
-        if run.active:
-            run.log_params(tracking_params(doc))
-            run.log_metrics(tracking_metrics(doc))
-            run.log_dict(doc, "metrics.json")
-            for art in doc.get("artifacts", []):
-                run.log_artifact(art)
+    _, out_dir = _run_stage(ctx, cfg, "metrics", inputs={"align": Path(dataset)}, root=workdir / "runs" / "metrics",
+                            run_name=f"metrics {Path(dataset).name}", tracking=(tracking_uri, no_track, experiment))
+    doc = json.loads((out_dir / "metrics.json").read_text())
+    _print_metrics_table(doc)
     if output is not None:
+        write_json_atomic(output, doc)
         console.print(f"wrote {output}", highlight=False)
-
 
 def _ci(block: dict[str, Any], key: str, digits: int = 4) -> str:
     """`` [lo, hi]`` when the block has a bootstrap interval for ``key``."""
@@ -919,12 +866,17 @@ def doctor_cmd(config_path: Path | None) -> None:
 @click.option("--until", default=None, help="Last stage to run.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key, e.g. --set runtime.dtype=bf16 --set eval.data_dir=/data/bins (repeatable).")
+@click.option("--shard", default=None, help="i/n: generate only shard i (0-based) of n, then stop; one process per shard, "
+                                             "after `--until identities`. A plain rerun then continues from the full dataset.")
 @tracking_options
 @click.pass_context
 def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, start: str | None, until: str | None,
-            dry_run: bool, sets: tuple[str, ...], tracking_uri: str | None, no_track: bool, experiment: str | None) -> None:
+            dry_run: bool, sets: tuple[str, ...], shard: str | None, tracking_uri: str | None, no_track: bool,
+            experiment: str | None) -> None:
     """Run the whole chain of CONFIG: identities → generate → align → train → eval, metrics."""
     from .config import load_config
+    from .errors import ConfigError
+    from .generate import Shard
     from .pipeline import execute, make_plan
     from .progress import progress_factory
     from .recipes import parse_set
@@ -939,7 +891,22 @@ def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, sta
         console.print("[bold yellow]plumbing demo:[/bold yellow] tiny random-weight models — the numbers mean nothing", highlight=False)
         cfg = apply_demo(cfg, workdir, create=not dry_run)
     run_name = cfg.name or config_path.stem
+    the_shard = Shard.parse(shard) if shard is not None else None
+    if the_shard is not None:
+        if until not in (None, "generate"):
+            raise ConfigError(f"--shard generates one shard and stops after generate; --until {until} contradicts it")
+        until = "generate"
     plan = make_plan(cfg, STAGES, workdir, run_name, start=start, until=until)
+    if the_shard is not None:
+        # shard processes run side by side on one run dir: each holds its own lock, and none may run
+        # a stage another would also run
+        if not any(ps.stage.name == "generate" for ps in plan.stages):
+            raise ConfigError("--shard splits the generate stage, and this config has none")
+        early = [ps.stage.name for ps in plan.stages if ps.stage.name != "generate" and ps.status != "cached"]
+        if early:
+            raise ConfigError(f"--shard: finish {', '.join(early)} first, in one process: "
+                              f"frbench run {config_path} --until {early[-1]}")
+        plan.lock_suffix = f"-shard-{the_shard.index}-of-{the_shard.count}"
     _print_plan(plan)
     if dry_run:
         return
@@ -955,11 +922,18 @@ def run_cmd(ctx: click.Context, config_path: Path, run_workdir: Path | None, sta
                               ("frbench.real", "true" if cfg.real else None)) if v}
 
     def done(ps: Any, summary: dict[str, Any]) -> None:
-        verb = "cached" if ps.status == "cached" else "done"
+        verb = "cached" if ps.status == "cached" else ("done" if summary.get("complete", True) else f"shard {summary.get('shard')} done")
         console.print(f"[green]✓[/green] {ps.stage.name} ({verb}) → {ps.dir.path}", highlight=False, soft_wrap=True)
 
     with progress_factory() as progress:
-        results = execute(plan, cfg, workdir, tracker=tracker, progress=progress, warn=warn, on_stage=done, run_tags=tags)
+        results = execute(plan, cfg, workdir, tracker=tracker, progress=progress, warn=warn, on_stage=done, run_tags=tags,
+                          options={"shard": the_shard} if the_shard is not None else None)
+    if the_shard is not None:
+        gen = results.get("generate", {})
+        state = "the dataset is complete" if gen.get("complete", True) else "other shards still missing images"
+        console.print(f"generate shard {the_shard} finished ({state}); when every shard has finished, "
+                      f"`frbench run {config_path}` continues from the whole dataset", highlight=False, soft_wrap=True)
+        return
     _print_run_results(results)
 
 

@@ -278,6 +278,8 @@ class MetricsConfig(Section):
     inception_weights: Optional[Path] = None  # default: torch hub cache weights-inception-2015-12-05-6726825d.pth
     vgg16_weights: Optional[Path] = None  # default: torch hub cache vgg16-397923af.pth
     block_mib: Optional[int] = Field(None, ge=1)  # working memory per block of the all-pairs product (default 256 CPU, 2048 CUDA)
+    # the metrics to compute; empty: every one whose inputs are there (a named one without them is an error)
+    compute: list[Literal["separability", "consistency", "lpips", "prc", "fid", "leakage"]] = []
     output: Optional[Path] = None
 
 

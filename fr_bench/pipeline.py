@@ -10,10 +10,12 @@ are then not part of the run.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator
 
 from . import __version__
 from .cache import RunLock, StageDir, path_digest, stable_hash
@@ -38,6 +40,16 @@ class StageContext:
     progress: Any = None
     log: Any = None  # a tracking RunLogger for this stage's child run
     warn: Callable[[str], None] = lambda msg: None
+    say: Callable[[str], None] = lambda msg: None
+    #: how to run, never what to compute (not hashed): e.g. a generate shard, train's resume mode
+    options: dict[str, Any] = field(default_factory=dict)
+    #: a CLI verb writes its images straight into its output folder; ``frbench run`` into ``dataset/``
+    flat: bool = False
+
+    @property
+    def dataset_dir(self) -> Path:
+        """Where a generate/align stage writes its image folder."""
+        return self.out_dir if self.flat else self.out_dir / "dataset"
 
 
 @dataclass
@@ -67,6 +79,13 @@ class Plan:
     stages: list[PlannedStage] = field(default_factory=list)
     external: dict[str, Path] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)  # the resolved runtime the hashes were made with
+    #: a CLI verb: one stage, its output folder chosen by the user, one MLflow run (no parent)
+    single: bool = False
+    #: the run-directory lock; concurrent processes that may share the directory (generate shards,
+    #: torchrun ranks) each hold their own and are kept apart by finer locks (the shard's)
+    lock_suffix: str = ""
+    #: full hash of every stage and digest of every given input, by name
+    digests: dict[str, str] = field(default_factory=dict)
 
     def hashes(self) -> dict[str, str]:
         return {p.stage.name: p.hash[:12] for p in self.stages}
@@ -123,6 +142,35 @@ def resolved_runtime(cfg: Any) -> dict[str, Any]:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return {"device_type": device.split(":")[0], "dtype": rt.dtype}
+
+
+def stage_hash(cfg: Any, name: str, input_hashes: dict[str, str], runtime: dict[str, Any]) -> str:
+    """What a stage computes: its resolved section, its inputs' digests, the seed, the resolved runtime,
+    frbench's version and the stage's protocol version — nothing that only changes speed."""
+    return stable_hash({"stage": name, "config": _section_dump(cfg, name), "inputs": input_hashes,
+                        "seed": getattr(cfg, "seed", None), "runtime": runtime, "frbench": __version__,
+                        "protocol": PROTOCOL_VERSIONS.get(name, 1)})
+
+
+def verb_plan(cfg: Any, stage: Stage, out_dir: Path | None, inputs: dict[str, Path], *, root: Path | None = None,
+              lock_suffix: str = "") -> Plan:
+    """The one-stage plan behind a CLI verb: its inputs are given paths, its output folder is ``out_dir``
+    (or, for verbs whose result is a file, ``root/<stage>-<hash12>``).
+
+    A verb always runs its stage (the stage resumes whatever its folder already holds: generated
+    images, a training checkpoint); DONE.json there is rewritten when it finishes."""
+    runtime = resolved_runtime(cfg)
+    digests = {k: "external:" + path_digest(v) for k, v in inputs.items()}
+    h = stage_hash(cfg, stage.name, digests, runtime)
+    if out_dir is None:
+        if root is None:
+            raise ValueError("verb_plan needs out_dir or root")
+        out_dir = Path(root) / f"{stage.name}-{h[:12]}"
+    sdir = StageDir(Path(out_dir))
+    status = "resume" if sdir.path.is_dir() and any(sdir.path.iterdir()) else "run"
+    return Plan(run_dir=Path(out_dir), stages=[PlannedStage(stage, h, sdir, status, stage.describe(cfg))],
+                external=dict(inputs), runtime=runtime, single=True, lock_suffix=lock_suffix,
+                digests={**digests, stage.name: h})
 
 
 def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
@@ -184,9 +232,7 @@ def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
     for name in needed:
         stage = stages[name]
         dep_hashes = {d: hashes[d] for d in (*stage.deps, *stage.optional) if d in hashes}
-        h = stable_hash({"stage": name, "config": _section_dump(cfg, name), "inputs": dep_hashes,
-                         "seed": getattr(cfg, "seed", None), "runtime": runtime, "frbench": __version__,
-                         "protocol": PROTOCOL_VERSIONS.get(name, 1)})
+        h = stage_hash(cfg, name, dep_hashes, runtime)
         hashes[name] = h
         sdir = StageDir(run_dir / f"{name}-{h[:12]}")
         if sdir.is_done():
@@ -196,23 +242,50 @@ def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
         else:
             status = "resume" if sdir.path.exists() and any(sdir.path.iterdir()) else "run"
         plan.stages.append(PlannedStage(stage, h, sdir, status, stage.describe(cfg)))
+    plan.digests = hashes
     return plan
 
 
-def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progress: Any = None,
-            warn: Callable[[str], None] = lambda m: None, on_stage: Callable[[PlannedStage, dict], None] | None = None,
-            run_tags: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the plan under the run lock; one MLflow parent run, one child per stage."""
-    from contextlib import nullcontext
+@contextmanager
+def _tidy_on_failure(dirs: list[Path]) -> Iterator[None]:
+    """Nothing half-written: on failure, folders this call created that hold only its lock and ledger go."""
+    made = [d for d in dirs if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        for d in reversed(made):
+            if d.is_dir() and all(f.name.startswith((".lock", RUNS_LEDGER[:-5])) for f in d.iterdir()):
+                shutil.rmtree(d, ignore_errors=True)
+        raise
 
+
+def _rank0() -> bool:
+    """Under torchrun only rank 0 records (DONE.json); every rank computes."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progress: Any = None,
+            warn: Callable[[str], None] = lambda m: None, say: Callable[[str], None] = lambda m: None,
+            on_stage: Callable[[PlannedStage, dict], None] | None = None, run_tags: dict[str, Any] | None = None,
+            options: dict[str, Any] | None = None, run_name: str | None = None) -> dict[str, Any]:
+    """Run the plan under the run lock and record each stage (DONE.json with provenance, MLflow).
+
+    ``frbench run``: one MLflow parent run, one child per stage. A CLI verb (``plan.single``): the one
+    stage's run is the only one. A stage that returns ``"complete": False`` (a generate shard while
+    others are pending) is not marked done, and the stages after it do not run."""
     results: dict[str, Any] = {}
     outputs: dict[str, Path] = dict(plan.external)
     hashes = plan.hashes()
     tags = dict(run_tags or {})
-    # what the MLflow UI lists: which config, which generator, which computation
-    run_name = f"{getattr(cfg, 'name', None) or plan.run_dir.name} · {tags.get('generator') or 'no generator'} · {stable_hash(hashes)[:8]}"
-    with RunLock(plan.run_dir):
-        ledger = plan.run_dir / RUNS_LEDGER  # MLflow runs of the invocation in progress on this run dir
+    if run_name is None:  # what the MLflow UI lists: which config, which generator, which computation
+        run_name = f"{getattr(cfg, 'name', None) or plan.run_dir.name} · {tags.get('generator') or 'no generator'} · {stable_hash(hashes)[:8]}"
+    prov = provenance()
+    base_tags = {"frbench.version": __version__, "frbench.git_commit": prov["git_commit"] or "none"}
+    with _tidy_on_failure([plan.run_dir, *(ps.dir.path for ps in plan.stages)]), \
+            RunLock(plan.run_dir, suffix=plan.lock_suffix):
+        ledger = plan.run_dir / f"{RUNS_LEDGER[:-5]}{plan.lock_suffix}.json"  # MLflow runs of the invocation in progress
         if tracker is not None and ledger.is_file():  # a process killed mid-run left them RUNNING
             try:
                 tracker.mark_killed(json.loads(ledger.read_text()))
@@ -225,11 +298,12 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
                 open_runs.append(run.run_id)
                 write_json_atomic(ledger, open_runs)
 
-        prov = provenance()
-        parent_cm = tracker.start_run(run_name, tags={
-            "frbench.version": __version__, "frbench.git_commit": prov["git_commit"] or "none",
-            "frbench.stage": "run", "frbench.stage_hashes": ",".join(f"{k}:{v}" for k, v in hashes.items()),
-            **{f"frbench.hash.{k}": v for k, v in hashes.items()}, **tags}) if tracker else nullcontext(None)
+        if plan.single or tracker is None:
+            parent_cm: Any = nullcontext(None)
+        else:
+            parent_cm = tracker.start_run(run_name, tags={
+                **base_tags, "frbench.stage": "run", "frbench.stage_hashes": ",".join(f"{k}:{v}" for k, v in hashes.items()),
+                **{f"frbench.hash.{k}": v for k, v in hashes.items()}, **tags})
         parent_bare: set[str] = set()
         with parent_cm as parent:
             opened(parent)
@@ -238,24 +312,34 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
             for ps in plan.stages:
                 name = ps.stage.name
                 ins = {d: outputs[d] for d in (*ps.stage.deps, *ps.stage.optional) if d in outputs}
-                child_cm = tracker.start_run(name, tags={"frbench.stage": name, "frbench.hash": ps.hash[:12],
-                                                         "frbench.cached": ps.status == "cached"}, nested=True) if tracker else nullcontext(None)
+                stage_tags = {"frbench.stage": name, "frbench.hash": ps.hash[:12], "frbench.cached": ps.status == "cached"}
+                if tracker is None:
+                    child_cm: Any = nullcontext(None)
+                elif plan.single:
+                    child_cm = tracker.start_run(run_name, tags={**base_tags, **stage_tags, **tags})
+                else:
+                    child_cm = tracker.start_run(name, tags=stage_tags, nested=True)
                 with child_cm as child:
                     opened(child)
                     if ps.status == "cached":
                         summary = ps.dir.read_done()["summary"]
                     else:
                         ps.dir.path.mkdir(parents=True, exist_ok=True)
+                        ps.dir.done_file.unlink(missing_ok=True)  # a verb rewriting its folder: not finished until it is
                         ctx = StageContext(cfg=cfg, section=getattr(cfg, name, None), out_dir=ps.dir.path, inputs=ins,
-                                           workdir=workdir, progress=progress, log=child, warn=warn)
+                                           workdir=workdir, progress=progress, log=child, warn=warn, say=say,
+                                           options=dict(options or {}), flat=plan.single)
                         t0 = time.perf_counter()
                         summary = ps.stage.run(ctx)
-                        ps.dir.mark_done({"stage": name, "hash": ps.hash, "inputs": {k: str(v) for k, v in ins.items()},
-                                          "input_hashes": {d: hashes[d] for d in ins if d in hashes},
-                                          "config": _section_dump(cfg, name), "runtime": plan.runtime,
-                                          "output_digest": path_digest(ps.dir.path),
-                                          "frbench_version": __version__, **prov,
-                                          "seconds": round(time.perf_counter() - t0, 3), "summary": summary})
+                        if summary.get("complete", True) and _rank0():
+                            ps.dir.mark_done({"stage": name, "hash": ps.hash, "inputs": {k: str(v) for k, v in ins.items()},
+                                              "input_hashes": {d: plan.digests.get(d) for d in ins},
+                                              "config": _section_dump(cfg, name), "runtime": plan.runtime,
+                                              "options": {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+                                                          for k, v in (options or {}).items()},
+                                              "output_digest": path_digest(ps.dir.path),
+                                              "frbench_version": __version__, **prov,
+                                              "seconds": round(time.perf_counter() - t0, 3), "summary": summary})
                     if child is not None and getattr(child, "active", False):
                         child.log_metrics({k: v for k, v in summary.get("metrics", {}).items() if isinstance(v, (int, float))})
                         child.log_params({k: v for k, v in summary.get("params", {}).items()})
@@ -274,5 +358,7 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
                 results[name] = summary
                 if on_stage is not None:
                     on_stage(ps, summary)
+                if not summary.get("complete", True):
+                    break
         ledger.unlink(missing_ok=True)  # every run of this invocation ended
     return results

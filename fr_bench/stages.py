@@ -33,17 +33,25 @@ def model_of(stage_out: Path) -> Path:
 
 # ---------------------------------------------------------------------------------- identities
 def run_identities(ctx: StageContext) -> dict[str, Any]:
-    from .identities import build_identities, make_source, write_identities
+    from .identities import build_identities, check_identity_count, make_source, write_identities
+    from .models.torch_model import resolve_device
 
     ic, rt = ctx.section, ctx.cfg.runtime
+    check_identity_count(ic.n, ic.max_candidates, threshold=ic.max_similarity)
+    resolve_device(rt.device)  # before any work: a CUDA request on a machine without CUDA is one line
     src = make_source(ic.source, seed=ic.seed, reference_embeddings=ic.reference_embeddings, pca_components=ic.pca_components,
                       images=ic.images, fr_model=ic.fr_model, file=ic.file, device=rt.device, batch_size=rt.batch_size,
                       workers=rt.workers, progress=ctx.progress)
     ids = build_identities(src, ic.n, ic.max_similarity, negatives=ic.negatives, pool_size=ic.pool_size, device=rt.device,
                            max_candidates=ic.max_candidates, progress=ctx.progress)
-    write_identities(ctx.out_dir, ids)
+    npy, meta = write_identities(ctx.out_dir, ids)
+    info, neg = ids.info, ids.info["negatives"]
     return {"params": {"identities_built": len(ids.embeddings), "identity_source": ic.source},
-            "metrics": {"identities/count": float(len(ids.embeddings))}}
+            "metrics": {"identities/count": float(len(ids.embeddings))},
+            "counts": info["counts"], "source": info["source"], "max_pairwise_cosine": info["max_pairwise_cosine"],
+            "negatives": None if neg is None else {"method": neg["method"], "pool_size": neg["pool_size"],
+                                                   "mean_cosine": sum(neg["cosine"]) / len(neg["cosine"])},
+            "files": [str(npy), str(meta)]}
 
 
 def describe_identities(cfg: Any) -> str:
@@ -53,8 +61,11 @@ def describe_identities(cfg: Any) -> str:
 
 # ------------------------------------------------------------------------------------- generate
 def run_generate(ctx: StageContext) -> dict[str, Any]:
-    from .generate import DTYPES, generation_device, load_identity_set, run_generation, settings_record
+    """Generate this process's shard (``options["shard"]``, default all) of the dataset; ``complete``
+    says whether every shard's images are now there (the manifest is written by the last one)."""
+    from .generate import DTYPES, Shard, generation_device, load_identity_set, run_generation, settings_record
     from .generators.base import available_generators, get_generator
+    from .models.torch_model import resolve_device
 
     gc, rt = ctx.section, ctx.cfg.runtime
     if gc.generator is None:
@@ -64,6 +75,7 @@ def run_generate(ctx: StageContext) -> dict[str, Any]:
         raise ConfigError(f"generate.generator: unknown generator {gc.generator!r}; registered: {', '.join(available_generators())}")
     if gc.weights is None:
         raise ConfigError("generate.weights: the generator's weights folder is required")
+    shard = ctx.options.get("shard") or Shard()
     options = dict(gc.options)
     if gc.steps:
         options["steps"] = gc.steps
@@ -71,18 +83,21 @@ def run_generate(ctx: StageContext) -> dict[str, Any]:
     ids = load_identity_set(ctx.inputs["identities"], num=gc.num_identities, negatives=gc.negatives,
                             need_negatives=bool(getattr(adapter, "needs_negatives", False)))
     dev = generation_device(rt.device)
-    from .models.torch_model import resolve_device
-
-    resolve_device(str(dev))
+    resolve_device(str(dev))  # before the weights load: a CUDA request without CUDA is one line
     dtype_name = gc.dtype or rt.dtype
+    batch_size = gc.batch_size or 64
     adapter.load(gc.weights, device=dev, dtype=DTYPES[dtype_name])
     settings = settings_record(generator=gc.generator, adapter=adapter, weights=gc.weights, ids=ids,
                                per_identity=gc.per_identity, seed=gc.seed, dtype=dtype_name, device=dev)
-    res = run_generation(adapter, ids, out=ctx.out_dir / "dataset", per_identity=gc.per_identity, seed=gc.seed,
-                         batch_size=gc.batch_size or 64, settings=settings, writers=gc.writers, progress=ctx.progress)
-    if not res.complete:
+    ctx.say(f"{gc.generator}: {len(ids.vectors)} identities × {gc.per_identity} images → {ctx.dataset_dir} "
+            f"(shard {shard}, batch {batch_size}, {dtype_name}, {dev})")
+    res = run_generation(adapter, ids, out=ctx.dataset_dir, per_identity=gc.per_identity, seed=gc.seed, shard=shard,
+                         batch_size=batch_size, settings=settings, writers=gc.writers, progress=ctx.progress, log=ctx.say)
+    if not res.complete and shard.count == 1:
         raise InputError(ctx.out_dir, "generation finished with images missing")
-    return {"params": {"generator": gc.generator, "identities": len(ids.vectors), "per_identity": gc.per_identity},
+    return {"complete": bool(res.complete), "shard": str(res.shard), "generated": res.generated, "skipped": res.skipped,
+            "seconds": round(res.seconds, 3),
+            "params": {"generator": gc.generator, "identities": len(ids.vectors), "per_identity": gc.per_identity},
             "metrics": {"generate/images_per_s": float(res.images_per_s), "generate/images": float(res.generated + res.skipped)}}
 
 
@@ -95,20 +110,22 @@ def describe_generate(cfg: Any) -> str:
 def run_align(ctx: StageContext) -> dict[str, Any]:
     from .align import align_folder, load_detector
 
-    ac = ctx.section
+    ac, rt = ctx.section, ctx.cfg.runtime
     src = dataset_of(ctx.inputs["generate"])
-    det = None if ac.detector == "none" else load_detector(ac.detector, kind=ac.detector_kind, det_size=ac.det_size,
-                                                          det_thresh=ac.det_thresh, device=ctx.cfg.runtime.device,
-                                                          min_face_size=ac.min_face_size)
-    summary = align_folder(src, ctx.out_dir / "dataset", det, on_failure=ac.on_failure, pick=ac.pick, template=ac.template,
-                           workers=ctx.cfg.runtime.workers, progress=ctx.progress)
-    counts = summary.get("counts", {})
+    det = load_detector(ac.detector, kind=ac.detector_kind, det_size=ac.det_size, det_thresh=ac.det_thresh,
+                        device=rt.device, min_face_size=ac.min_face_size)
+    summary = align_folder(src, ctx.dataset_dir, det, on_failure=ac.on_failure, pick=ac.pick, template=ac.template,
+                           workers=rt.workers, progress=ctx.progress)
+    counts = summary.get("images", {})
     return {"metrics": {f"align/{k}": float(v) for k, v in counts.items() if isinstance(v, (int, float))},
-            "params": {"align_detector": ac.detector}}
+            "params": {"align_detector": ac.detector},
+            "images": summary["images"], "identities": summary["identities"],
+            "detector_name": det.name if det is not None else None}
 
 
 # ---------------------------------------------------------------------------------------- train
 def run_train(ctx: StageContext) -> dict[str, Any]:
+    """Train the recognizer; ``options``: ``resume`` (auto | require | restart) and ``max_steps``."""
     from .recipes import load_recipe
     from .train import TrainOptions, train
 
@@ -117,16 +134,17 @@ def run_train(ctx: StageContext) -> dict[str, Any]:
     opts = TrainOptions(
         output=ctx.out_dir, cache_dir=Path(tc.cache_dir or ctx.workdir / "cache" / "train-images"),
         device=tc.device or rt.device, dtype=tc.dtype, compile=tc.compile, channels_last=tc.channels_last,
-        seed=ctx.cfg.seed, deterministic=tc.deterministic, checkpoint_every=tc.checkpoint_every, log_every=tc.log_every,
-        workers=rt.workers, prefetch=tc.prefetch, strict_images=tc.strict_images, resume="auto",
+        seed=ctx.cfg.seed, deterministic=tc.deterministic, max_steps=ctx.options.get("max_steps"),
+        checkpoint_every=tc.checkpoint_every, log_every=tc.log_every,
+        workers=rt.workers, prefetch=tc.prefetch, strict_images=tc.strict_images, resume=ctx.options.get("resume", "auto"),
         identities=tc.identities, per_identity=tc.per_identity,
         monitor_dir=tc.monitor.data_dir, monitor_benchmarks=tc.monitor.benchmarks, monitor_every=tc.monitor.every_epochs,
     )
     summary = train(dataset_of(ctx.inputs["align"]), rec, opts, run=ctx.log if getattr(ctx.log, "active", False) else None,
-                    progress=ctx.progress, say=lambda m: None, warn=ctx.warn, recipe_path=rec_path)
+                    progress=ctx.progress, say=ctx.say, warn=ctx.warn, recipe_path=rec_path)
     keep = ("final_loss", "samples_per_s", "steps", "epochs_completed", "images", "identities")
     metrics = {f"train/{k}": float(summary[k]) for k in keep if isinstance(summary.get(k), (int, float))}
-    return {"metrics": metrics, "params": {"recipe": rec.name}}
+    return {"metrics": metrics, "params": {"recipe": rec.name}, "train": summary}
 
 
 def describe_train(cfg: Any) -> str:
@@ -142,9 +160,12 @@ def run_eval_stage(ctx: StageContext) -> dict[str, Any]:
     ev, rt = ctx.section, ctx.cfg.runtime
     if ev.data_dir is None:
         raise ConfigError("eval.data_dir: the folder of benchmark files is required for the eval stage")
-    model_path = model_of(ctx.inputs["train"])  # the trained model, or inputs.model
+    model_path = model_of(ctx.inputs["train"])  # the trained model, or inputs.model / --model
     selection = select_benchmarks(ev.data_dir, ev.benchmarks, ev.groups)
     embedder = load_fr_model(model_path, device=rt.device, dtype=rt.dtype, batch_size=rt.batch_size)
+    if selection.absent:
+        ctx.warn(f"not in {ev.data_dir}: {', '.join(selection.absent)} (the five-benchmark average needs all five)")
+    ctx.say(f"model: {embedder.description}, {embedder.dim}-d; benchmarks: {', '.join(b.name for b in selection.benchmarks)}")
     doc = run_eval(embedder, selection, flip=ev.flip, batch_size=rt.batch_size, progress=ctx.progress, workdir=ctx.workdir,
                    bootstrap=ev.bootstrap, bootstrap_seed=ev.bootstrap_seed)
     write_json_atomic(ctx.out_dir / "eval.json", doc)
@@ -162,6 +183,10 @@ def describe_eval(cfg: Any) -> str:
 
 
 # -------------------------------------------------------------------------------------- metrics
+#: the metrics that embed images with ``metrics.fr_model``
+FR_METRICS = ("separability", "consistency", "leakage")
+
+
 def run_metrics_stage(ctx: StageContext) -> dict[str, Any]:
     from .io import write_json_atomic
     from .metrics_stage import MetricsRequest, run_metrics, tracking_metrics, tracking_params
@@ -169,13 +194,14 @@ def run_metrics_stage(ctx: StageContext) -> dict[str, Any]:
     mc, rt = ctx.section, ctx.cfg.runtime
     # separability and consistency are measured with the protocol's fixed FR model (AdaptDiff Table 3:
     # ElasticFace-Cos R100), never with the recognizer this run trained on the data being judged
-    fr_model = mc.fr_model
-    if fr_model is None:
+    if mc.fr_model is None and not mc.compute:  # a named metric that needs it says so itself
         raise ConfigError("metrics.fr_model: set the FR model that separability and identity consistency are measured "
-                          "with (the papers use a fixed strong model, e.g. ElasticFace-Cos R100); the recognizer this "
-                          "run trains is not used for them")
-    req = MetricsRequest(dataset=dataset_of(ctx.inputs["align"]), cfg=mc, fr_model=Path(fr_model), reference=mc.reference,
-                         asked={k: False for k in ("separability", "consistency", "lpips", "prc", "fid")},
+                          "with (--fr-model; the papers use a fixed strong model, e.g. ElasticFace-Cos R100; the "
+                          "recognizer this run trains is not used for them), or name the metrics to compute "
+                          "(metrics.compute, or --lpips/--prc/--fid)")
+    req = MetricsRequest(dataset=dataset_of(ctx.inputs["align"]), cfg=mc,
+                         fr_model=None if mc.fr_model is None else Path(mc.fr_model), reference=mc.reference,
+                         asked={k: k in mc.compute for k in (*FR_METRICS, "lpips", "prc", "fid")},
                          device=rt.device, dtype=rt.dtype, batch_size=rt.batch_size, workers=rt.workers,
                          workdir=ctx.workdir, artifacts_dir=ctx.out_dir)
     doc = run_metrics(req, progress=ctx.progress, warn=ctx.warn)

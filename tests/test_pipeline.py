@@ -172,7 +172,7 @@ def test_done_json_records_provenance(tmp_path: Path, cfg) -> None:
     execute(plan, cfg, tmp_path)
     done = json.loads((plan.stages[1].dir.path / "DONE.json").read_text())  # generate, fed by identities
     assert done["frbench"] and "torch" in done["packages"] and "git_commit" in done
-    assert done["input_hashes"] == {"identities": plan.stages[0].hash[:12]} and done["config"] == {}
+    assert done["input_hashes"] == {"identities": plan.stages[0].hash} and done["config"] == {}
     assert len(done["output_digest"]) == 64 and set(done["runtime"]) <= {"device_type", "dtype"}
 
 
