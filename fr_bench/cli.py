@@ -577,6 +577,7 @@ def train_adapter_cmd(ctx: click.Context, method: str, data: Path, base: Path, o
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="YAML config (metrics/runtime/tracking sections).")
 @click.option("--fr-model", type=click.Path(path_type=Path), default=None, help="FR model (ONNX or iresnet state dict) for separability and consistency.")
 @click.option("--fr-model-name", default=None, help="Published name of --fr-model (e.g. 'ElasticFace-Cos R100'): the leaderboard ranks separability beside published rows of that model.")
+@click.option("--consistency-fr-model", type=click.Path(path_type=Path), default=None, help="The encoder the identity contexts came from, for consistency (default --fr-model), e.g. ElasticFace-Arc R100 for IDiff-Face.")
 @click.option("--separability", is_flag=True, help="EER, FMR100/1000 (pyeer and strict rules), G/I mean±std, FDR, d′.")
 @click.option("--consistency", is_flag=True, help="Cosine of each image to its conditioning identity (needs the manifest).")
 @click.option("--lpips", is_flag=True, help="Intra-class LPIPS (VGG) over all pairs of --lpips-identities identities.")
@@ -603,7 +604,7 @@ def train_adapter_cmd(ctx: click.Context, method: str, data: Path, base: Path, o
 @tracking_options
 @click.pass_context
 def metrics_cmd(ctx: click.Context, dataset: Path | None, config_path: Path | None, fr_model: Path | None,
-                fr_model_name: str | None, separability: bool, consistency: bool, lpips: bool, prc: bool, fid: bool, reference: Path | None,
+                fr_model_name: str | None, consistency_fr_model: Path | None, separability: bool, consistency: bool, lpips: bool, prc: bool, fid: bool, reference: Path | None,
                 identities: int | None, per_identity: int | None, lpips_identities: int | None, max_impostors: int | None,
                 seed: int | None, leakage: bool, training_images: Path | None, training_embeddings: Path | None,
                 training_labels: Path | None, leakage_fmr: float | None, leakage_threshold: float | None,
@@ -629,7 +630,8 @@ def metrics_cmd(ctx: click.Context, dataset: Path | None, config_path: Path | No
                               "training_embeddings": training_embeddings, "training_labels": training_labels,
                               "leakage_fmr": leakage_fmr, "leakage_threshold": leakage_threshold,
                               "leakage_images": leakage_images, "leakage_top_k": leakage_top_k, "bootstrap": bootstrap,
-                              "fr_model": fr_model, "fr_model_name": fr_model_name, "reference": reference,
+                              "fr_model": fr_model, "fr_model_name": fr_model_name,
+                              "consistency_fr_model": consistency_fr_model, "reference": reference,
                               "compute": asked or None},
                 runtime={"device": device, "batch_size": batch_size})
     output = output or cfg.metrics.output

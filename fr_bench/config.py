@@ -252,6 +252,9 @@ class MetricsConfig(Section):
     # the published name of that model (e.g. "ElasticFace-Cos R100"): the leaderboard ranks separability
     # beside published rows measured with the same-named model; null: file name + sha256 prefix
     fr_model_name: Optional[str] = None
+    # identity consistency compares images with their contexts, so it needs the encoder the contexts came
+    # from (IDiff-Face family: ElasticFace-Arc R100; Arc2Face: antelopev2's arcface.onnx); null: fr_model
+    consistency_fr_model: Optional[Path] = None
     reference: Optional[Path] = None  # real image folder for P/R and FID
     identities: Optional[int] = Field(1000, ge=1)  # first N identity folders with >= 2 images (null: all)
     per_identity: Optional[int] = Field(20, ge=2)  # first K images of each (null: all)

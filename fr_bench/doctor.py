@@ -36,6 +36,9 @@ WHERE = {
     "inception": "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth "
                  "→ $TORCH_HOME/hub/checkpoints/ (or metrics.inception_weights)",
     "fr_model": "an ONNX recognition model (e.g. an insightface model pack's w600k_r50.onnx) or an arcface_torch iresnet state dict",
+    "context_encoder": "the encoder the generator's contexts came from: ElasticFace-Arc R100 for the IDiff-Face family and "
+                       "UIFace (fdbtrs/ElasticFace README: Elastic_R100_295672backbone.pth), antelopev2's arcface.onnx "
+                       "for Arc2Face (FoivosPar/Arc2Face on the Hugging Face hub)",
     "yours": "your own file",
 }
 GENERATOR_WHERE = {"idiff-face": "idiff", "negfacediff": "negfacediff", "adaptdiff": "negfacediff", "uiface": "uiface",
@@ -156,6 +159,9 @@ def requirements(cfg: Any) -> list[Need]:
         mc = cfg.metrics
         if mc.fr_model is not None or not cfg.demo:
             needs.append(_file("metrics", "FR model for separability (metrics.fr_model)", mc.fr_model, WHERE["fr_model"]))
+        if mc.consistency_fr_model is not None:
+            needs.append(_file("metrics", "contexts' encoder for identity consistency (metrics.consistency_fr_model)",
+                               mc.consistency_fr_model, WHERE["context_encoder"]))
         if mc.reference is not None:
             needs.append(_file("metrics", "real reference set", mc.reference, WHERE["yours"], folder=True))
         vgg = _file("metrics", "LPIPS VGG16 weights", mc.vgg16_weights or hub_checkpoint("vgg16-397923af.pth"), WHERE["vgg16"])

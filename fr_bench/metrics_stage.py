@@ -106,8 +106,8 @@ def plan_metrics(req: MetricsRequest, ds: ImageFolderDataset, sel: Selection, wa
         need("separability", None if req.fr_model else "no FR model (pass --fr-model PATH)")
     if wanted["consistency"]:
         problem = None
-        if not req.fr_model:
-            problem = "no FR model (pass --fr-model PATH)"
+        if not req.fr_model and not cfg.consistency_fr_model:
+            problem = "no FR model (pass --fr-model PATH, or --consistency-fr-model for the contexts' own encoder)"
         elif ds.manifest is None:
             problem = f"no {ds.root / 'manifest.parquet'} naming each image's conditioning context"
         elif not any(ds.meta.get(f) and ds.meta[f].context_row is not None for f in sel.files):
@@ -142,8 +142,8 @@ def plan_metrics(req: MetricsRequest, ds: ImageFolderDataset, sel: Selection, wa
         need(metric, None if path else f"{extractor} weights not found ({err.path})", err)
     if wanted["leakage"]:
         problem = None
-        if not req.fr_model:
-            problem = "no FR model (pass --fr-model PATH)"
+        if not req.fr_model and not cfg.consistency_fr_model:
+            problem = "no FR model (pass --fr-model PATH, or --consistency-fr-model for the contexts' own encoder)"
         elif cfg.training_images is None and cfg.training_embeddings is None:
             problem = "no training set (pass --training-images DIR or --training-embeddings F.npy --training-labels F.npy)"
         elif cfg.training_images is not None and cfg.training_embeddings is not None:
@@ -401,33 +401,46 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
 
     emb = None
     embedder = None
-    if "separability" in todo or "consistency" in todo or "leakage" in todo:
+    contexts = None
+    # identity consistency is measured in the space the contexts live in: their own encoder when one is
+    # given (metrics.consistency_fr_model), else the separability model
+    own_encoder = "consistency" in todo and cfg.consistency_fr_model is not None
+    if "separability" in todo or "leakage" in todo or ("consistency" in todo and not own_encoder):
         from .models import load_fr_model
 
-        t0 = time.perf_counter()
         embedder = load_fr_model(req.fr_model, device=req.device, dtype=req.dtype, batch_size=req.batch_size)  # type: ignore[arg-type]
         model_sha = sha256_file(embedder.path)
         doc["fr_model"] = {"path": str(embedder.path), "description": embedder.description, "dim": embedder.dim,
                            "sha256": model_sha, "dtype": req.dtype, "flip": False, "input": "112×112 RGB, whole image resized",
                            "name": cfg.fr_model_name}
-        contexts = None
-        if "consistency" in todo:  # read before embedding: a wrong-width file fails fast
-            from .metrics.consistency import load_contexts
+    c_embedder = None
+    if "consistency" in todo:  # read before embedding: a wrong-width file fails fast
+        from .metrics.consistency import load_contexts
+        from .models import load_fr_model
 
-            try:
-                contexts = load_contexts(found["contexts"], embedder.dim, embedder.path)
-            except InputError as err:
-                if req.asked.get("consistency"):
-                    raise
-                # not asked for: contexts from another FR model's space make the metric undefined, not the run wrong
-                warn(f"identity consistency skipped: {err}")
-                todo = [m for m in todo if m != "consistency"]
-                not_computed["consistency"] = str(err)
+        c_embedder = (load_fr_model(cfg.consistency_fr_model, device=req.device, dtype=req.dtype, batch_size=req.batch_size)
+                      if own_encoder else embedder)
+        try:
+            contexts = load_contexts(found["contexts"], c_embedder.dim, c_embedder.path)  # type: ignore[union-attr]
+        except InputError as err:
+            if req.asked.get("consistency"):
+                raise
+            # not asked for: contexts from another FR model's space make the metric undefined, not the run wrong
+            warn(f"identity consistency skipped: {err}")
+            todo = [m for m in todo if m != "consistency"]
+            not_computed["consistency"] = str(err)
+    if embedder is not None:
+        t0 = time.perf_counter()
         training = _training_embeddings(cfg, embedder, model_sha, req, progress) if "leakage" in todo else None
         emb, cache_info = cached_embeddings(sel, embedder, model_sha, req.dtype, Path(req.workdir) / "cache" / "embeddings",
                                             batch_size=req.batch_size, workers=req.workers, progress=progress)
         doc["fr_model"]["embedding_cache"] = cache_info
         timings["embeddings"] = time.perf_counter() - t0
+    c_emb = emb
+    if "consistency" in todo and own_encoder:
+        c_sha = sha256_file(c_embedder.path)  # type: ignore[union-attr]
+        c_emb, _ = cached_embeddings(sel, c_embedder, c_sha, req.dtype, Path(req.workdir) / "cache" / "embeddings",
+                                     batch_size=req.batch_size, workers=req.workers, progress=progress)
 
     if "separability" in todo:
         from .metrics.separability import separability
@@ -467,10 +480,12 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
         bad = idx[(idx < 0) | (idx >= len(contexts))]  # type: ignore[arg-type]
         if len(bad):
             raise InputError(ds.manifest, f"context_row {int(bad[0])} is outside {found['contexts']} ({len(contexts)} rows)")  # type: ignore[arg-type]
-        res_c = identity_consistency(emb[keep], np.asarray(contexts[idx]))  # type: ignore[index]
+        res_c = identity_consistency(c_emb[keep], np.asarray(contexts[idx]))  # type: ignore[index]
         doc["consistency"] = {**res_c.to_dict(), "contexts": str(found["contexts"]),
-                              "fr_model": embedder.description, "images_without_context": int((~keep).sum())}
-        png = _save_figure(consistency_figure(res_c.histogram, f"{ds.root.name}: identity consistency ({embedder.description})"),
+                              "fr_model": c_embedder.description, "fr_model_path": str(c_embedder.path),  # type: ignore[union-attr]
+                              "fr_model_sha256": sha256_file(c_embedder.path),  # type: ignore[union-attr]
+                              "images_without_context": int((~keep).sum())}
+        png = _save_figure(consistency_figure(res_c.histogram, f"{ds.root.name}: identity consistency ({c_embedder.description})"),  # type: ignore[union-attr]
                            out_dir / "consistency_hist.png")
         doc["consistency"]["histogram_png"] = str(png)
         artifacts.append(str(png))
@@ -634,6 +649,9 @@ def tracking_params(doc: dict[str, Any]) -> dict[str, Any]:
         params["fr_model_sha256"] = doc["fr_model"]["sha256"]
         if doc["fr_model"].get("name"):
             params["fr_model_name"] = doc["fr_model"]["name"]
+    if doc.get("consistency"):
+        params["consistency_fr_model"] = doc["consistency"]["fr_model_path"]
+        params["consistency_fr_model_sha256"] = doc["consistency"]["fr_model_sha256"]
     if doc.get("prc") or doc.get("fid_info"):
         params["reference"] = (doc.get("prc") or doc.get("fid_info"))["reference"]
     return params

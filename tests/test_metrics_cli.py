@@ -135,6 +135,41 @@ def test_consistency_is_the_cosine_to_each_images_context_row(tmp_path: Path, sh
     assert con["images"] == 32 and con["contexts"].endswith("contexts.npy") and "r18" in con["fr_model"]
 
 
+@pytest.fixture(scope="module")
+def other_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second recognizer, 16-d: contexts made with the 32-d one are not in its space."""
+    import torch
+
+    from fr_bench.models.iresnet import iresnet
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("other") / "r18-16d.pt"
+    torch.save(iresnet("r18", num_features=16).eval().state_dict(), path)
+    return path
+
+
+def test_consistency_uses_the_contexts_own_encoder_when_one_is_given(tmp_path: Path, shared_work: Path, dataset: Path,
+                                                                      tiny_iresnet_path: Path, other_model_path: Path,
+                                                                      reference_embeddings) -> None:
+    out = tmp_path / "m.json"
+    res = run(base_args(shared_work, dataset, other_model_path) + ["--consistency-fr-model", str(tiny_iresnet_path),
+                                                                    "--separability", "--consistency", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["fr_model"]["dim"] == 16 and doc["separability"]["genuine_pairs"] > 0  # separability: the other model
+    raw, labels = reference_embeddings
+    cos = (l2_normalize(raw) * l2_normalize(np.load(dataset / "contexts.npy"))[labels]).sum(1)
+    con = doc["consistency"]
+    assert con["mean"] == pytest.approx(cos.mean(), abs=1e-6) and con["fr_model_path"] == str(tiny_iresnet_path)
+    assert len(con["fr_model_sha256"]) == 64
+
+
+def test_consistency_in_another_models_space_is_refused_when_asked(tmp_path: Path, dataset: Path,
+                                                                   other_model_path: Path) -> None:
+    res = run(base_args(tmp_path / "w", dataset, other_model_path) + ["--consistency"])
+    assert_one_line_error(res, "contexts.npy")
+
+
 def test_second_run_reads_embeddings_from_the_cache(tmp_path: Path, dataset: Path, tiny_iresnet_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     args = base_args(tmp_path / "w", dataset, tiny_iresnet_path) + ["--separability"]

@@ -55,12 +55,12 @@ def test_an_undefined_path_name_is_a_config_error_naming_the_key_and_the_closest
 
 
 def test_a_paper_config_run_without_its_files_names_each_missing_path_and_creates_nothing(tmp_path: Path) -> None:
-    sets = [f"paths.{k}={tmp_path / k}" for k in ("weights", "benchmarks", "separability_fr_model")]
+    sets = [f"paths.{k}={tmp_path / k}" for k in ("weights", "benchmarks", "separability_fr_model", "context_encoder")]
     work = tmp_path / "w"
     args = ["run", "configs/idiff-face.yaml", "--workdir", str(work), "--no-track"]
     res = CliRunner().invoke(cli, args + [a for s in sets for a in ("--set", s)], obj={})
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    for k in ("weights", "benchmarks", "separability_fr_model"):
+    for k in ("weights", "benchmarks", "separability_fr_model", "context_encoder"):
         assert str(tmp_path / k) in res.output.replace("\n", ""), k
     assert not work.exists()
 

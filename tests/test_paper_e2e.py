@@ -27,8 +27,15 @@ SMALL = ["identities.n=4", "generate.num_identities=4", "generate.per_identity=3
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fr_bench.demo import prepare_demo
 
-    demo = prepare_demo(tmp_path_factory.mktemp("demo"))  # tiny IDiff-Face release, .bin packs, FR model
-    return {"idiff": demo.generator, "bins": demo.benchmarks, "fr": demo.fr_model}
+    import torch
+
+    from fr_bench.models.iresnet import iresnet
+
+    root = tmp_path_factory.mktemp("demo")
+    demo = prepare_demo(root)  # tiny IDiff-Face release, .bin packs, FR model
+    torch.manual_seed(0)  # the contexts' encoder: 512-d like every generator's contexts
+    torch.save(iresnet("r18", num_features=512).eval().state_dict(), root / "context_encoder.pt")
+    return {"idiff": demo.generator, "bins": demo.benchmarks, "fr": demo.fr_model, "ctx": root / "context_encoder.pt"}
 
 
 def run(config: str, work: Path, sets: list[str]) -> dict:
@@ -41,16 +48,21 @@ def run(config: str, work: Path, sets: list[str]) -> dict:
             "metrics": json.loads(next(out["metrics"].glob("metrics.json")).read_text())}
 
 
-def check(result: dict, stages: list[str]) -> None:
+def check(result: dict, stages: list[str], consistency_model: Path | None = None) -> None:
     assert result["stages"] == sorted(stages)
     assert 0.0 <= result["eval"]["benchmarks"]["lfw"]["accuracy"] <= 1.0
     assert 0.0 <= result["metrics"]["separability"]["eer"] <= 1.0
+    if consistency_model is not None:  # measured in the contexts' space, not the separability model's
+        con = result["metrics"]["consistency"]
+        assert con["fr_model_path"] == str(consistency_model) and -1.0 <= con["mean"] <= 1.0
+        assert result["metrics"]["fr_model"]["dim"] == 64 and con["images_without_context"] == 0
 
 
 def test_idiff_face_config_runs_end_to_end(tmp_path: Path, assets: dict[str, Path]) -> None:
     sets = [f"paths.weights={assets['idiff']}", f"paths.benchmarks={assets['bins']}",
-            f"paths.separability_fr_model={assets['fr']}", "generate.steps=2", *SMALL]
-    check(run("configs/idiff-face.yaml", tmp_path / "w", sets), ["identities", "generate", "align", "train", "eval", "metrics"])
+            f"paths.separability_fr_model={assets['fr']}", f"paths.context_encoder={assets['ctx']}", "generate.steps=2", *SMALL]
+    check(run("configs/idiff-face.yaml", tmp_path / "w", sets), ["identities", "generate", "align", "train", "eval", "metrics"],
+          assets["ctx"])
 
 
 def test_uiface_config_runs_end_to_end(tmp_path: Path, assets: dict[str, Path]) -> None:
@@ -64,9 +76,10 @@ def test_uiface_config_runs_end_to_end(tmp_path: Path, assets: dict[str, Path]) 
     (real / "0").mkdir(parents=True)
     cv2.imwrite(str(real / "0" / "0.png"), face_like_images(1)[0])
     sets = [f"paths.weights={release}", f"paths.identities={ids}", f"paths.real_reference={real}", f"paths.benchmarks={assets['bins']}", f"paths.separability_fr_model={assets['fr']}",
-            f"generate.options.unet_config={release / 'unet_cond_ca_tiny.yaml'}", "generate.options.image_size=16",
+            f"paths.context_encoder={assets['ctx']}", f"generate.options.unet_config={release / 'unet_cond_ca_tiny.yaml'}", "generate.options.image_size=16",
             "generate.steps=4", *SMALL]
-    check(run("configs/uiface.yaml", tmp_path / "w", sets), ["identities", "generate", "align", "train", "eval", "metrics"])
+    check(run("configs/uiface.yaml", tmp_path / "w", sets), ["identities", "generate", "align", "train", "eval", "metrics"],
+          assets["ctx"])
 
 
 def test_arc2face_config_runs_end_to_end(tmp_path: Path, assets: dict[str, Path]) -> None:
@@ -78,9 +91,10 @@ def test_arc2face_config_runs_end_to_end(tmp_path: Path, assets: dict[str, Path]
     sets = [f"paths.weights={build_arc2face(tmp_path / 'Arc2Face')}", f"paths.sd15={build_sd_base(tmp_path / 'sd15')}",
             f"paths.reference_embeddings={ref}", f"paths.detector={build_detector(tmp_path / 'scrfd.onnx')}",
             f"paths.benchmarks={assets['bins']}", f"paths.separability_fr_model={assets['fr']}",
-            "identities.max_similarity=0.9", "generate.steps=2", "generate.dtype=fp32", "align.on_failure=resize",
+            f"paths.context_encoder={assets['ctx']}", "identities.max_similarity=0.9", "generate.steps=2", "generate.dtype=fp32", "align.on_failure=resize",
             *SMALL]
-    check(run("configs/arc2face.yaml", tmp_path / "w", sets), ["identities", "generate", "align", "train", "eval", "metrics"])
+    check(run("configs/arc2face.yaml", tmp_path / "w", sets), ["identities", "generate", "align", "train", "eval", "metrics"],
+          assets["ctx"])
 
 
 def test_casia_webface_config_runs_end_to_end(tmp_path: Path, assets: dict[str, Path]) -> None:
