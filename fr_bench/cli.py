@@ -1,4 +1,4 @@
-"""The ``frbench`` command line: parse options, load config, call a stage, print. Nothing else."""
+"""The ``frbench`` command line: parse options, build the config, call the executor, print. Nothing else."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The stages of ``frbench run``: each turns its config section and its inputs' folders into outputs.
 
-Every function here is a thin adapter over the module that does the work (the same functions the
-single-stage commands call), so ``frbench run`` and ``frbench <stage>`` compute the same thing.
+Every function here is a thin adapter over the module that does the work, and the only caller of
+it: ``frbench <stage>`` is a one-stage run of the same executor, so both compute the same thing.
 Outputs per stage directory: ``identities/`` → identities.npy + .json; ``generate/`` → dataset/;
 ``align/`` → dataset/; ``train/`` → model.pt, model.onnx, train.json; ``eval/`` → eval.json;
-``metrics/`` → metrics.json.
+``metrics/`` → metrics.json. A verb writes its images straight into its output folder (``ctx.flat``).
 """
 
 from __future__ import annotations
