@@ -271,8 +271,11 @@ def _load_plain_npy(path: Path, what: str) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------- plots
 def _save_figure(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)  # pyplot keeps every open figure alive: a long process would accumulate them
     return path
 
 
