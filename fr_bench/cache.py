@@ -44,6 +44,60 @@ def path_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class DigestCache:
+    """Content digests of the model files a stage reads (weights, FR models, detectors), remembered by
+    (path, size, mtime) in ``<workdir>/cache/digests.json`` so that multi-GB weights are read once.
+
+    Weights replaced at the same path change the digest, hence the stage hash; weights copied or moved
+    elsewhere keep it (only a re-read). Nothing is written until :meth:`save`, so a dry run writes nothing."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self._known: dict[str, Any] = {}
+        self._dirty = False
+        if path is not None and path.is_file():
+            try:
+                self._known = json.loads(path.read_text())
+            except ValueError:
+                self._known = {}  # a damaged cache only costs a re-read
+
+    def _file(self, p: Path) -> str:
+        st = p.stat()
+        key = str(p.resolve())
+        stamp = [st.st_size, st.st_mtime_ns]
+        hit = self._known.get(key)
+        if isinstance(hit, dict) and hit.get("stamp") == stamp:
+            return str(hit["sha256"])
+        digest = sha256_file(p)
+        self._known[key] = {"stamp": stamp, "sha256": digest}
+        self._dirty = True
+        return digest
+
+    def of(self, path: str | Path | None) -> str | None:
+        """sha256 of a file; of a folder, over every file's relative name and sha256; ``absent`` when the
+        path does not exist (preflight reports it before anything runs); None for no path."""
+        if path is None:
+            return None
+        p = Path(path)
+        if p.is_file():
+            return self._file(p)
+        if not p.is_dir():
+            return "absent"
+        h = hashlib.sha256()
+        for f in sorted(p.rglob("*")):
+            if f.is_file() and not f.name.startswith("."):
+                h.update(f"{f.relative_to(p).as_posix()}\0{self._file(f)}\n".encode())
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if self.path is not None and self._dirty:
+            try:
+                write_json_atomic(self.path, self._known)
+            except OSError:
+                return  # a cache: an unwritable one only costs re-reading next time
+            self._dirty = False
+
+
 @dataclass(frozen=True)
 class StageDir:
     """One stage's output directory."""

@@ -154,7 +154,7 @@ def _run_stage(ctx: click.Context, cfg: Any, stage: str, *, inputs: dict[str, Pa
     from .stages import STAGES
 
     workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
-    plan = verb_plan(cfg, STAGES[stage], out, inputs, root=root, lock_suffix=lock_suffix)
+    plan = verb_plan(cfg, STAGES[stage], out, inputs, workdir=workdir, root=root, lock_suffix=lock_suffix)
     tracker = None if tracking is None else _make_tracker(ctx, cfg, *tracking)
     say = (lambda msg: None) if quiet else (lambda msg: console.print(msg, highlight=False, soft_wrap=True))
     with progress_factory() as progress:

@@ -18,7 +18,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator
 
 from . import __version__
-from .cache import RunLock, StageDir, path_digest, stable_hash
+from .cache import DigestCache, RunLock, StageDir, path_digest, stable_hash
 from .errors import ConfigError, InputError
 from .io import write_json_atomic
 
@@ -62,6 +62,8 @@ class Stage:
     #: stages used when they are part of the run (e.g. metrics uses the trained model if there is one)
     optional: tuple[str, ...] = ()
     describe: Callable[[Any], str] = lambda cfg: ""
+    #: the model files and folders the stage reads (weights, FR models, detector): their content is hashed
+    reads: Callable[[Any], dict[str, Any]] = lambda cfg: {}
 
 
 @dataclass
@@ -86,6 +88,8 @@ class Plan:
     lock_suffix: str = ""
     #: full hash of every stage and digest of every given input, by name
     digests: dict[str, str] = field(default_factory=dict)
+    #: content digests of the model files the stages read; saved when the plan is executed
+    files: DigestCache = field(default_factory=DigestCache)
 
     def hashes(self) -> dict[str, str]:
         return {p.stage.name: p.hash[:12] for p in self.stages}
@@ -144,16 +148,18 @@ def resolved_runtime(cfg: Any) -> dict[str, Any]:
     return {"device_type": device.split(":")[0], "dtype": rt.dtype}
 
 
-def stage_hash(cfg: Any, name: str, input_hashes: dict[str, str], runtime: dict[str, Any]) -> str:
-    """What a stage computes: its resolved section, its inputs' digests, the seed, the resolved runtime,
-    frbench's version and the stage's protocol version — nothing that only changes speed."""
-    return stable_hash({"stage": name, "config": _section_dump(cfg, name), "inputs": input_hashes,
-                        "seed": getattr(cfg, "seed", None), "runtime": runtime, "frbench": __version__,
-                        "protocol": PROTOCOL_VERSIONS.get(name, 1)})
+def stage_hash(cfg: Any, stage: Stage, input_hashes: dict[str, str], runtime: dict[str, Any], files: DigestCache) -> str:
+    """What a stage computes: its resolved section, its inputs' digests, the content of the model files
+    it reads, the seed, the resolved runtime, frbench's version and the stage's protocol version —
+    nothing that only changes speed."""
+    read = {k: files.of(v) for k, v in stage.reads(cfg).items() if v is not None}
+    return stable_hash({"stage": stage.name, "config": _section_dump(cfg, stage.name), "inputs": input_hashes,
+                        **({"reads": read} if read else {}), "seed": getattr(cfg, "seed", None), "runtime": runtime,
+                        "frbench": __version__, "protocol": PROTOCOL_VERSIONS.get(stage.name, 1)})
 
 
-def verb_plan(cfg: Any, stage: Stage, out_dir: Path | None, inputs: dict[str, Path], *, root: Path | None = None,
-              lock_suffix: str = "") -> Plan:
+def verb_plan(cfg: Any, stage: Stage, out_dir: Path | None, inputs: dict[str, Path], *, workdir: Path,
+              root: Path | None = None, lock_suffix: str = "") -> Plan:
     """The one-stage plan behind a CLI verb: its inputs are given paths, its output folder is ``out_dir``
     (or, for verbs whose result is a file, ``root/<stage>-<hash12>``).
 
@@ -161,7 +167,8 @@ def verb_plan(cfg: Any, stage: Stage, out_dir: Path | None, inputs: dict[str, Pa
     images, a training checkpoint); DONE.json there is rewritten when it finishes."""
     runtime = resolved_runtime(cfg)
     digests = {k: "external:" + path_digest(v) for k, v in inputs.items()}
-    h = stage_hash(cfg, stage.name, digests, runtime)
+    files = DigestCache(Path(workdir) / "cache" / "digests.json")
+    h = stage_hash(cfg, stage, digests, runtime, files)
     if out_dir is None:
         if root is None:
             raise ValueError("verb_plan needs out_dir or root")
@@ -170,7 +177,7 @@ def verb_plan(cfg: Any, stage: Stage, out_dir: Path | None, inputs: dict[str, Pa
     status = "resume" if sdir.path.is_dir() and any(sdir.path.iterdir()) else "run"
     return Plan(run_dir=Path(out_dir), stages=[PlannedStage(stage, h, sdir, status, stage.describe(cfg))],
                 external=dict(inputs), runtime=runtime, single=True, lock_suffix=lock_suffix,
-                digests={**digests, stage.name: h})
+                digests={**digests, stage.name: h}, files=files)
 
 
 def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
@@ -227,12 +234,13 @@ def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
     lo = ORDER.index(start) if start else 0
     run_dir = workdir / "runs" / run_name
     runtime = resolved_runtime(cfg)
-    plan = Plan(run_dir=run_dir, external=external, runtime=runtime)
+    plan = Plan(run_dir=run_dir, external=external, runtime=runtime,
+                files=DigestCache(Path(workdir) / "cache" / "digests.json"))
     hashes: dict[str, str] = {k: "external:" + path_digest(v) for k, v in external.items()}
     for name in needed:
         stage = stages[name]
         dep_hashes = {d: hashes[d] for d in (*stage.deps, *stage.optional) if d in hashes}
-        h = stage_hash(cfg, name, dep_hashes, runtime)
+        h = stage_hash(cfg, stage, dep_hashes, runtime, plan.files)
         hashes[name] = h
         sdir = StageDir(run_dir / f"{name}-{h[:12]}")
         if sdir.is_done():
@@ -285,6 +293,7 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
     base_tags = {"frbench.version": __version__, "frbench.git_commit": prov["git_commit"] or "none"}
     with _tidy_on_failure([plan.run_dir, *(ps.dir.path for ps in plan.stages)]), \
             RunLock(plan.run_dir, suffix=plan.lock_suffix):
+        plan.files.save()
         ledger = plan.run_dir / f"{RUNS_LEDGER[:-5]}{plan.lock_suffix}.json"  # MLflow runs of the invocation in progress
         if tracker is not None and ledger.is_file():  # a process killed mid-run left them RUNNING
             try:

@@ -227,12 +227,36 @@ def apply_demo(cfg: Any, workdir: Path, create: bool = True) -> Any:
     return out
 
 
+# ------------------------------------------------------------------- model files hashed by content
+def reads_identities(cfg: Any) -> dict[str, Any]:
+    ic = cfg.identities
+    return {"fr_model": ic.fr_model, "reference_embeddings": ic.reference_embeddings, "file": ic.file}
+
+
+def reads_generate(cfg: Any) -> dict[str, Any]:
+    base = cfg.generate.options.get("base")  # the SD1.5 folder under Arc2Face / fused attention
+    return {"weights": cfg.generate.weights, "base": base if isinstance(base, (str, Path)) else None}
+
+
+def reads_align(cfg: Any) -> dict[str, Any]:
+    det = str(cfg.align.detector)
+    return {"detector": None if det.lower() in ("none", "mtcnn") else det}  # MTCNN's weights: the package version
+
+
+def reads_metrics(cfg: Any) -> dict[str, Any]:
+    mc = cfg.metrics
+    return {"fr_model": mc.fr_model, "consistency_fr_model": mc.consistency_fr_model,
+            "training_embeddings": mc.training_embeddings, "training_labels": mc.training_labels}
+
+
 STAGES: dict[str, Stage] = {
-    "identities": Stage("identities", (), run_identities, describe=describe_identities),
-    "generate": Stage("generate", ("identities",), run_generate, describe=describe_generate),
-    "align": Stage("align", ("generate",), run_align, describe=lambda cfg: f"detector {cfg.align.detector}"),
+    "identities": Stage("identities", (), run_identities, describe=describe_identities, reads=reads_identities),
+    "generate": Stage("generate", ("identities",), run_generate, describe=describe_generate, reads=reads_generate),
+    "align": Stage("align", ("generate",), run_align, describe=lambda cfg: f"detector {cfg.align.detector}",
+                   reads=reads_align),
     "train": Stage("train", ("align",), run_train, describe=describe_train),
     "eval": Stage("eval", ("train",), run_eval_stage, describe=describe_eval),
     "metrics": Stage("metrics", ("align",), run_metrics_stage,
-                     describe=lambda cfg: f"{cfg.metrics.identities} ids × {cfg.metrics.per_identity} images"),
+                     describe=lambda cfg: f"{cfg.metrics.identities} ids × {cfg.metrics.per_identity} images",
+                     reads=reads_metrics),
 }

@@ -145,6 +145,37 @@ def test_runtime_dtype_or_device_changes_the_hash_of_generate_train_and_eval_but
     assert batch == ref  # speed settings do not change results
 
 
+def test_weights_replaced_at_the_same_path_change_the_hash_of_generate_and_what_follows(tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    (weights / "checkpoints").mkdir(parents=True)
+    (weights / "checkpoints" / "ema.ckpt").write_bytes(b"A" * 64)
+    base = {"identities": {"source": "uniform", "n": 4}, "generate": {"generator": "idiff-face", "weights": str(weights)},
+            "align": {}, "runtime": {"device": "cpu"}}
+    before = _hashes(base, tmp_path / "w")
+    (weights / "checkpoints" / "ema.ckpt").write_bytes(b"B" * 64)  # same size, same path, other weights
+    after = _hashes(base, tmp_path / "w")
+    assert after["identities"] == before["identities"]
+    assert after["generate"] != before["generate"] and after["align"] != before["align"]
+
+
+def test_model_file_digests_are_read_once_per_workdir_and_never_written_by_planning(tmp_path: Path, monkeypatch) -> None:
+    import fr_bench.cache as cache
+    from fr_bench.cache import DigestCache
+
+    model = tmp_path / "fr.onnx"
+    model.write_bytes(b"weights")
+    reads = []
+    real = cache.sha256_file
+    monkeypatch.setattr(cache, "sha256_file", lambda p: reads.append(p) or real(p))
+    store = tmp_path / "w" / "cache" / "digests.json"
+    first = DigestCache(store)
+    digest = first.of(model)
+    assert not store.exists()  # planning (and --dry-run) writes nothing
+    first.save()
+    assert DigestCache(store).of(model) == digest and len(reads) == 1  # the second plan does not re-read it
+    assert DigestCache(store).of(tmp_path / "missing.onnx") == "absent"
+
+
 def test_runs_a_killed_invocation_left_running_are_marked_killed_by_the_next(tmp_path: Path, cfg, monkeypatch) -> None:
     from fr_bench.pipeline import RUNS_LEDGER
     from fr_bench.tracking import Tracker, search_runs
