@@ -243,6 +243,22 @@ def reads_align(cfg: Any) -> dict[str, Any]:
     return {"detector": None if det.lower() in ("none", "mtcnn") else det}  # MTCNN's weights: the package version
 
 
+def reads_eval(cfg: Any) -> dict[str, Any]:
+    """The benchmark packs scored (content), and the IJB protocol files (not the 470k crops)."""
+    ev = cfg.eval
+    if ev.data_dir is None:
+        return {}
+    d = Path(ev.data_dir)
+    names = ev.benchmarks or sorted(p.stem for p in d.glob("*.bin"))
+    out: dict[str, Any] = {f"{n}.bin": d / f"{n}.bin" for n in names if (d / f"{n}.bin").is_file()}
+    for group, files in ev.groups.items():
+        out.update({f"{group}/{f}": d / f for f in files})
+    for ijb in ("IJBC", "IJBB"):
+        if (d / ijb / "meta").is_dir():
+            out[f"{ijb}/meta"] = d / ijb / "meta"
+    return out
+
+
 def reads_metrics(cfg: Any) -> dict[str, Any]:
     mc = cfg.metrics
     return {"fr_model": mc.fr_model, "consistency_fr_model": mc.consistency_fr_model,
@@ -255,7 +271,7 @@ STAGES: dict[str, Stage] = {
     "align": Stage("align", ("generate",), run_align, describe=lambda cfg: f"detector {cfg.align.detector}",
                    reads=reads_align),
     "train": Stage("train", ("align",), run_train, describe=describe_train),
-    "eval": Stage("eval", ("train",), run_eval_stage, describe=describe_eval),
+    "eval": Stage("eval", ("train",), run_eval_stage, describe=describe_eval, reads=reads_eval),
     "metrics": Stage("metrics", ("align",), run_metrics_stage,
                      describe=lambda cfg: f"{cfg.metrics.identities} ids × {cfg.metrics.per_identity} images",
                      reads=reads_metrics),

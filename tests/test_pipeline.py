@@ -158,6 +158,20 @@ def test_weights_replaced_at_the_same_path_change_the_hash_of_generate_and_what_
     assert after["generate"] != before["generate"] and after["align"] != before["align"]
 
 
+def test_a_benchmark_pack_replaced_at_the_same_path_changes_the_eval_hash(tmp_path: Path) -> None:
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    (bins / "lfw.bin").write_bytes(b"pairs-1")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"m")
+    base = {"inputs": {"model": str(model)}, "eval": {"data_dir": str(bins), "benchmarks": ["lfw"]}}
+    before = _hashes(base, tmp_path / "w")
+    (bins / "cfp_fp.bin").write_bytes(b"not scored")
+    assert _hashes(base, tmp_path / "w") == before  # only the packs scored count
+    (bins / "lfw.bin").write_bytes(b"pairs-2")
+    assert _hashes(base, tmp_path / "w")["eval"] != before["eval"]
+
+
 def test_model_file_digests_are_read_once_per_workdir_and_never_written_by_planning(tmp_path: Path, monkeypatch) -> None:
     import fr_bench.cache as cache
     from fr_bench.cache import DigestCache
