@@ -89,10 +89,13 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_kill_during_train_then_rerun_gives_identical_results(demo_work: Path, tmp_path: Path) -> None:
+def test_kill_during_train_then_rerun_gives_identical_results_and_marks_the_killed_runs(demo_work: Path,
+                                                                                       tmp_path: Path) -> None:
+    from fr_bench.tracking import search_runs
+
     work = tmp_path / "killed"
     env = {**os.environ, "FRBENCH_NO_PROGRESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fr_bench.cli", "--workdir", str(work), "run", str(DEMO), "--no-track"],
+    proc = subprocess.Popen([sys.executable, "-m", "fr_bench.cli", "--workdir", str(work), "run", str(DEMO)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     killed_mid_train = False
@@ -105,9 +108,18 @@ def test_kill_during_train_then_rerun_gives_identical_results(demo_work: Path, t
             break
         time.sleep(0.05)
     assert killed_mid_train, "the run was not caught between its first checkpoint and the end of training"
-    again = frbench("--workdir", str(work), "run", str(DEMO), "--no-track")
+    uri = f"sqlite:///{work.resolve() / 'mlflow.db'}"
+    left = {r["run_id"] for r in search_runs(uri) if r["status"] == "RUNNING"}
+    assert left  # what kill -9 leaves behind: the parent and the train child still RUNNING
+    again = frbench("--workdir", str(work), "run", str(DEMO))
     assert again.returncode == 0, again.stderr[-2000:]
     assert results(work) == results(demo_work)
+    runs = search_runs(uri)
+    assert {r["status"] for r in runs if r["run_id"] in left} == {"KILLED"}
+    (parent,) = [r for r in runs if r["tags"].get("frbench.stage") == "run" and r["run_id"] not in left]
+    children = [r for r in runs if r["tags"].get("mlflow.parentRunId") == parent["run_id"]]
+    assert parent["status"] == "FINISHED" and sorted(c["tags"]["frbench.stage"] for c in children) == sorted(STAGES)
+    assert {c["status"] for c in children} == {"FINISHED"}
 
 
 # ------------------------------------------------------------------------------------ bad input
