@@ -155,6 +155,7 @@ def _run_stage(ctx: click.Context, cfg: Any, stage: str, *, inputs: dict[str, Pa
 
     workdir = Path(ctx.obj.get("workdir") or cfg.workdir)
     plan = verb_plan(cfg, STAGES[stage], out, inputs, workdir=workdir, root=root, lock_suffix=lock_suffix)
+    check_writable(plan.run_dir, directory=True)  # eval/metrics write under the workdir: checked before work too
     tracker = None if tracking is None else _make_tracker(ctx, cfg, *tracking)
     say = (lambda msg: None) if quiet else (lambda msg: console.print(msg, highlight=False, soft_wrap=True))
     with progress_factory() as progress:

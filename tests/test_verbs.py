@@ -151,3 +151,13 @@ def test_run_shards_generate_side_by_side_and_the_last_one_finishes_the_stage(tm
     assert (gen / "DONE.json").exists() and len(list((gen / "dataset").rglob("*.png"))) == 4 * 2
     plan = _demo(tmp_path, "--dry-run", "--until", "generate")
     assert "cached" in plan.output and "resume" not in plan.output
+
+
+def test_eval_with_an_unwritable_workdir_is_one_line_before_any_work(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"never loaded")
+    (tmp_path / "bins").mkdir()
+    (tmp_path / "file").write_text("a file, not a folder")
+    res = run("--workdir", tmp_path / "file" / "w", "eval", "--model", model, "--data-dir", tmp_path / "bins", "--no-track")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith("error:") and "is a file, not a folder" in res.output
