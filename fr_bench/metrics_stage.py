@@ -142,8 +142,8 @@ def plan_metrics(req: MetricsRequest, ds: ImageFolderDataset, sel: Selection, wa
         need(metric, None if path else f"{extractor} weights not found ({err.path})", err)
     if wanted["leakage"]:
         problem = None
-        if not req.fr_model and not cfg.consistency_fr_model:
-            problem = "no FR model (pass --fr-model PATH, or --consistency-fr-model for the contexts' own encoder)"
+        if not req.fr_model:
+            problem = "no FR model (pass --fr-model PATH)"
         elif cfg.training_images is None and cfg.training_embeddings is None:
             problem = "no training set (pass --training-images DIR or --training-embeddings F.npy --training-labels F.npy)"
         elif cfg.training_images is not None and cfg.training_embeddings is not None:

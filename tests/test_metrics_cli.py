@@ -302,3 +302,10 @@ def test_interrupted_embedding_resumes_from_finished_chunks(tmp_path: Path, data
     assert emb == pytest.approx(images.reshape(32, -1, 3).mean(1), abs=1e-4)
     assert not (folder / "parts").exists() and stage.cached_embeddings(sel, MeanColour(), "sha", "fp32", cache,
                                                                        batch_size=8, workers=1)[1]["hit"]
+
+
+def test_leakage_needs_the_separability_model_not_the_contexts_encoder(tmp_path: Path, dataset: Path,
+                                                                       tiny_iresnet_path: Path) -> None:
+    res = run(["--workdir", str(tmp_path / "w"), "metrics", str(dataset), "--consistency-fr-model", str(tiny_iresnet_path),
+               "--leakage", "--training-images", str(dataset), "--device", "cpu", "--no-track"])
+    assert_one_line_error(res, "leakage", "no FR model (pass --fr-model PATH)")
