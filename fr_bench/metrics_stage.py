@@ -439,7 +439,7 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
                                             batch_size=req.batch_size, workers=req.workers, progress=progress)
         doc["fr_model"]["embedding_cache"] = cache_info
         timings["embeddings"] = time.perf_counter() - t0
-    c_emb = emb
+    c_emb, c_sha = emb, (model_sha if embedder is not None else None)
     if "consistency" in todo and own_encoder:
         c_sha = sha256_file(c_embedder.path)  # type: ignore[union-attr]
         c_emb, _ = cached_embeddings(sel, c_embedder, c_sha, req.dtype, Path(req.workdir) / "cache" / "embeddings",
@@ -486,7 +486,7 @@ def run_metrics(req: MetricsRequest, *, progress: Optional[ProgressFactory] = No
         res_c = identity_consistency(c_emb[keep], np.asarray(contexts[idx]))  # type: ignore[index]
         doc["consistency"] = {**res_c.to_dict(), "contexts": str(found["contexts"]),
                               "fr_model": c_embedder.description, "fr_model_path": str(c_embedder.path),  # type: ignore[union-attr]
-                              "fr_model_sha256": sha256_file(c_embedder.path),  # type: ignore[union-attr]
+                              "fr_model_sha256": c_sha,
                               "images_without_context": int((~keep).sum())}
         png = _save_figure(consistency_figure(res_c.histogram, f"{ds.root.name}: identity consistency ({c_embedder.description})"),  # type: ignore[union-attr]
                            out_dir / "consistency_hist.png")

@@ -120,8 +120,9 @@ def provenance() -> dict[str, Any]:
     return {"frbench": __version__, "git_commit": commit, "packages": packages}
 
 
-#: the run dir file listing the MLflow runs of the invocation in progress
-RUNS_LEDGER = ".mlflow-runs.json"
+#: the run dir file listing the MLflow runs of the invocation in progress (``<stem><lock suffix>.json``)
+RUNS_LEDGER_STEM = ".mlflow-runs"
+RUNS_LEDGER = f"{RUNS_LEDGER_STEM}.json"
 
 
 def _section_dump(cfg: Any, name: str) -> Any:
@@ -158,6 +159,11 @@ def stage_hash(cfg: Any, stage: Stage, input_hashes: dict[str, str], runtime: di
                         "frbench": __version__, "protocol": PROTOCOL_VERSIONS.get(stage.name, 1)})
 
 
+def _input_digest(path: Path, files: DigestCache) -> str:
+    """A given dataset folder by its listing (500k images are not read); a given model file by content."""
+    return "external:" + (str(files.of(path)) if Path(path).is_file() else path_digest(path))
+
+
 def verb_plan(cfg: Any, stage: Stage, out_dir: Path | None, inputs: dict[str, Path], *, workdir: Path,
               root: Path | None = None, lock_suffix: str = "") -> Plan:
     """The one-stage plan behind a CLI verb: its inputs are given paths, its output folder is ``out_dir``
@@ -166,8 +172,8 @@ def verb_plan(cfg: Any, stage: Stage, out_dir: Path | None, inputs: dict[str, Pa
     A verb always runs its stage (the stage resumes whatever its folder already holds: generated
     images, a training checkpoint); DONE.json there is rewritten when it finishes."""
     runtime = resolved_runtime(cfg)
-    digests = {k: "external:" + path_digest(v) for k, v in inputs.items()}
     files = DigestCache(Path(workdir) / "cache" / "digests.json")
+    digests = {k: _input_digest(v, files) for k, v in inputs.items()}
     h = stage_hash(cfg, stage, digests, runtime, files)
     if out_dir is None:
         if root is None:
@@ -236,7 +242,7 @@ def make_plan(cfg: Any, stages: dict[str, Stage], workdir: Path, run_name: str,
     runtime = resolved_runtime(cfg)
     plan = Plan(run_dir=run_dir, external=external, runtime=runtime,
                 files=DigestCache(Path(workdir) / "cache" / "digests.json"))
-    hashes: dict[str, str] = {k: "external:" + path_digest(v) for k, v in external.items()}
+    hashes: dict[str, str] = {k: _input_digest(v, plan.files) for k, v in external.items()}
     for name in needed:
         stage = stages[name]
         dep_hashes = {d: hashes[d] for d in (*stage.deps, *stage.optional) if d in hashes}
@@ -262,7 +268,7 @@ def _tidy_on_failure(dirs: list[Path]) -> Iterator[None]:
         yield
     except BaseException:
         for d in reversed(made):
-            if d.is_dir() and all(f.name.startswith((".lock", RUNS_LEDGER[:-5])) for f in d.iterdir()):
+            if d.is_dir() and all(f.name.startswith((".lock", RUNS_LEDGER_STEM)) for f in d.iterdir()):
                 shutil.rmtree(d, ignore_errors=True)
         raise
 
@@ -294,7 +300,7 @@ def execute(plan: Plan, cfg: Any, workdir: Path, *, tracker: Any = None, progres
     with _tidy_on_failure([plan.run_dir, *(ps.dir.path for ps in plan.stages)]), \
             RunLock(plan.run_dir, suffix=plan.lock_suffix):
         plan.files.save()
-        ledger = plan.run_dir / f"{RUNS_LEDGER[:-5]}{plan.lock_suffix}.json"  # MLflow runs of the invocation in progress
+        ledger = plan.run_dir / f"{RUNS_LEDGER_STEM}{plan.lock_suffix}.json"  # MLflow runs of the invocation in progress
         if tracker is not None and ledger.is_file():  # a process killed mid-run left them RUNNING
             try:
                 tracker.mark_killed(json.loads(ledger.read_text()))

@@ -183,13 +183,9 @@ def describe_eval(cfg: Any) -> str:
 
 
 # -------------------------------------------------------------------------------------- metrics
-#: the metrics that embed images with ``metrics.fr_model``
-FR_METRICS = ("separability", "consistency", "leakage")
-
-
 def run_metrics_stage(ctx: StageContext) -> dict[str, Any]:
     from .io import write_json_atomic
-    from .metrics_stage import MetricsRequest, run_metrics, tracking_metrics, tracking_params
+    from .metrics_stage import METRICS, MetricsRequest, run_metrics, tracking_metrics, tracking_params
 
     mc, rt = ctx.section, ctx.cfg.runtime
     # separability and consistency are measured with the protocol's fixed FR model (AdaptDiff Table 3:
@@ -201,7 +197,7 @@ def run_metrics_stage(ctx: StageContext) -> dict[str, Any]:
                           "(metrics.compute, or --lpips/--prc/--fid)")
     req = MetricsRequest(dataset=dataset_of(ctx.inputs["align"]), cfg=mc,
                          fr_model=None if mc.fr_model is None else Path(mc.fr_model), reference=mc.reference,
-                         asked={k: k in mc.compute for k in (*FR_METRICS, "lpips", "prc", "fid")},
+                         asked={k: k in mc.compute for k in METRICS},
                          device=rt.device, dtype=rt.dtype, batch_size=rt.batch_size, workers=rt.workers,
                          workdir=ctx.workdir, artifacts_dir=ctx.out_dir)
     doc = run_metrics(req, progress=ctx.progress, warn=ctx.warn)
