@@ -14,6 +14,22 @@ os.environ.setdefault("FRBENCH_NO_PROGRESS", "1")
 torch.set_num_threads(2)
 
 
+def invoke(*args: object):
+    """``frbench ARGS…`` in-process (click's runner), every argument as a string."""
+    from click.testing import CliRunner
+
+    from fr_bench.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], obj={})
+
+
+def one_error_line(res) -> str:
+    """The one ``error:`` line of a refused command (exit 2, no traceback)."""
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    return errors[0]
+
+
 def jpeg_bytes(img: np.ndarray, quality: int = 95) -> bytes:
     """Encode an RGB uint8 image as JPEG bytes (as insightface's packers store them)."""
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])

@@ -9,24 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
+from conftest import invoke as run, one_error_line
 from fr_bench.cli import GLOBAL_OPTIONS, cli
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-
-
-def run(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args], obj={})
-
-
-def one_error_line(res) -> str:
-    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
-    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
-    return errors[0]
 
 
 # ----------------------------------------------------------------------------------- two commands

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import invoke as run, one_error_line
 from fr_bench.cli import cli
 from fr_bench.config import TrainRecipe
 from fr_bench.embed import l2_normalize
@@ -25,16 +26,6 @@ from trainkit import identity_images, make_folder_dataset, make_rec_dataset, reg
 register_tiny()
 TESTS = Path(__file__).resolve().parent
 TINY = ["--set", "model.arch=tiny", "--set", "model.embedding_size=32", "--set", "optimizer.lr_batch_size=8"]
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args], obj={})
-
-
-def one_error_line(res) -> str:
-    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
-    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from conftest import invoke as run
 from fr_bench.cache import RunLock
-from fr_bench.cli import cli
 from fr_bench.config import load_config
 from fr_bench.errors import FrBenchError
 from fr_bench.generate import Shard
@@ -19,10 +18,6 @@ from fr_bench.pipeline import make_plan
 from fr_bench.stages import STAGES
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args], obj={})
 
 
 @pytest.fixture
